@@ -1,0 +1,1 @@
+"""Azure Functions entry points, one module per trigger family; each exposes ``blueprint(services)``."""

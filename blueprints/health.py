@@ -1,0 +1,43 @@
+"""GET /api/health: is the app configured, which provider, can it reach its storage. No secrets."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from blueprints.responses import json_response
+from core.ledger import StorageUnavailable
+from core.services import Services
+from core.settings import ConfigurationError, SettingProblem
+
+
+def blueprint(services: Services) -> func.Blueprint:
+    bp = func.Blueprint()
+
+    @bp.function_name("health")
+    @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+    async def health(req: func.HttpRequest) -> func.HttpResponse:
+        problems: list[SettingProblem] = []
+        provider: str | None = None
+        storage = "unknown"
+        try:
+            provider = services.settings().sms_provider
+            services.channel()
+        except ConfigurationError as exc:
+            problems.extend(exc.problems)
+        try:
+            await services.ledger().ping()
+            storage = "reachable"
+        except ConfigurationError as exc:
+            problems.extend(p for p in exc.problems if p not in problems)
+        except StorageUnavailable:
+            storage = "unreachable"
+        healthy = not problems and storage == "reachable"
+        body = {
+            "status": "ok" if healthy else "unhealthy",
+            "provider": provider,
+            "storage": storage,
+            "problems": [{"setting": p.setting, "message": p.message} for p in problems],
+        }
+        return json_response(body, 200 if healthy else 503)
+
+    return bp

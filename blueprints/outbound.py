@@ -1,0 +1,124 @@
+"""POST /api/outbound: the send behind the channel's outbound custom API.
+
+The forwarding plugin posts either the payload JSON itself or the custom API's envelope
+``{"payload": "<serialized JSON>"}``; the answer comes in the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import azure.functions as func
+from pydantic import ValidationError
+
+from blueprints.responses import error_response, json_response, misconfigured
+from contracts import OutboundPayload, OutboundResponse
+from core.ledger import StorageUnavailable
+from core.outbound import SendOutcome
+from core.services import Services
+from core.settings import ConfigurationError
+
+log = logging.getLogger("sms.outbound")
+
+#: Used when the settings cannot be read (the request is then refused as misconfigured anyway).
+FALLBACK_MAX_BODY_BYTES = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRequest(Exception):
+    code: str
+    message: str
+    fields: tuple[dict[str, str], ...] = ()
+    status_code: int = 400
+
+    def response(self) -> func.HttpResponse:
+        extra: dict[str, Any] = {"fields": list(self.fields)} if self.fields else {}
+        return error_response(self.status_code, self.code, self.message, **extra)
+
+
+def parse_outbound(body: bytes, *, max_bytes: int) -> tuple[OutboundPayload, bool]:
+    """Return the payload and whether it came in the custom API envelope."""
+    if len(body) > max_bytes:
+        raise InvalidRequest(
+            "PayloadTooLarge", f"the body is {len(body)} bytes; the limit is {max_bytes} (MAX_BODY_BYTES)",
+            status_code=413,
+        )
+    document = _json(body, "the body")
+    enveloped = isinstance(document, dict) and "payload" in document and "ChannelDefinitionId" not in document
+    if enveloped:
+        inner = document["payload"]
+        if isinstance(inner, str):
+            document = _json(inner.encode("utf-8"), "payload")
+        elif isinstance(inner, dict):
+            document = inner
+        else:
+            raise InvalidRequest("InvalidPayload", "payload must be a string holding the payload JSON",
+                                 fields=({"field": "payload", "message": "must be a JSON string"},))
+    if not isinstance(document, dict):
+        raise InvalidRequest("InvalidPayload", "the payload must be a JSON object")
+    try:
+        return OutboundPayload.model_validate(document), enveloped
+    except ValidationError as exc:
+        fields = tuple(
+            {"field": ".".join(str(part) for part in err["loc"]) or "(payload)", "message": err["msg"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        )
+        names = ", ".join(sorted({f["field"] for f in fields}))
+        raise InvalidRequest("InvalidPayload", f"invalid or missing fields: {names}", fields=fields) from None
+
+
+def _json(raw: bytes, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise InvalidRequest("InvalidJson", f"{what} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            "InvalidJson", f"{what} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+
+
+def render(payload: OutboundPayload, outcome: SendOutcome, *, enveloped: bool) -> func.HttpResponse:
+    answer = OutboundResponse(
+        channel_definition_id=payload.channel_definition_id,
+        message_id=outcome.message_id,
+        request_id=payload.request_id,
+        status=outcome.status,
+    )
+    if enveloped:
+        return json_response({"response": answer.to_wire_json()})
+    return json_response(answer.to_wire())
+
+
+def blueprint(services: Services) -> func.Blueprint:
+    bp = func.Blueprint()
+
+    @bp.function_name("outbound")
+    @bp.route(route="outbound", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+    async def outbound(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            max_bytes = services.settings().max_body_bytes
+        except ConfigurationError:
+            max_bytes = FALLBACK_MAX_BODY_BYTES
+        try:
+            payload, enveloped = parse_outbound(req.get_body(), max_bytes=max_bytes)
+        except InvalidRequest as invalid:
+            log.info("outbound request refused: %s", invalid.message)
+            return invalid.response()
+        try:
+            outcome = await services.outbound().send(payload)
+        except ConfigurationError as exc:
+            log.error("outbound RequestId=%s refused, configuration: %s", payload.request_id, exc)
+            return misconfigured(exc)
+        except StorageUnavailable as exc:
+            log.error("outbound RequestId=%s: %s; nothing sent", payload.request_id, exc)
+            return error_response(503, "StorageUnavailable", "send state storage is unreachable; nothing was sent, retry the same RequestId", retry_after=5)
+        if not isinstance(outcome, SendOutcome):
+            return error_response(503, "TryAgainLater", outcome.reason, retry_after=outcome.retry_after,
+                                  requestId=payload.request_id)
+        return render(payload, outcome, enveloped=enveloped)
+
+    return bp

@@ -1,0 +1,239 @@
+"""Azure Communication Services SMS (REST API 2021-03-07), HMAC-signed or with a managed identity.
+
+Every send carries repeatability headers derived from the request, so a re-send of the same request
+within ACS's tracking window (5 minutes) is answered from ACS's record instead of sending again.
+
+Per-recipient results (``value[0]``) and top-level answers:
+
+| answer                                   | outcome                                  |
+|------------------------------------------|------------------------------------------|
+| 202, successful=true                     | Sent, MessageId = messageId              |
+| 202, successful=false, httpStatusCode 400| NotSent InvalidRecipient                 |
+| 202, successful=false, 429 / 5xx         | transient                                |
+| 202, successful=false, other             | NotSent ProviderRejected                 |
+| HTTP 400 / 404 / 422                     | NotSent ProviderRejected (e.g. a From the resource does not own) |
+| HTTP 401 / 403                           | transient (503): fix credentials or role |
+| HTTP 412 (repeatability window passed)   | ambiguous: the first attempt may have sent |
+| HTTP 429 / 5xx                           | transient, Retry-After honoured          |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+from collections.abc import AsyncGenerator, Generator
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import Field, HttpUrl, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from channels.base import SendReceipt, SendRequest, parse_retry_after, translate_transport_error
+from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
+from core.settings import AppSettings, load
+
+API_VERSION = "2021-03-07"
+ACS_RESOURCE = "https://communication.azure.com"
+
+
+class AcsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ACS_", extra="ignore", env_ignore_empty=True)
+
+    #: ``endpoint=https://<resource>.communication.azure.com/;accesskey=<key>``
+    connection_string: SecretStr | None = None
+    #: With no connection string: the endpoint, reached with the Function App's managed identity.
+    endpoint: HttpUrl | None = None
+    #: Client id of a user-assigned managed identity (unset: the system-assigned one).
+    managed_identity_client_id: str | None = None
+    api_version: str = Field(default=API_VERSION)
+
+    @model_validator(mode="after")
+    def _endpoint_known(self) -> AcsSettings:
+        if self.connection_string is None and self.endpoint is None:
+            raise ValueError("set ACS_CONNECTION_STRING, or ACS_ENDPOINT to use the managed identity")
+        if self.connection_string is not None:
+            parse_connection_string(self.connection_string.get_secret_value())
+        return self
+
+
+def parse_connection_string(value: str) -> tuple[str, bytes]:
+    """Return (endpoint, access key) from an ACS connection string."""
+    parts: dict[str, str] = {}
+    for item in value.split(";"):
+        name, sep, val = item.partition("=")
+        if sep:
+            parts[name.strip().lower()] = val.strip()
+    endpoint, key = parts.get("endpoint"), parts.get("accesskey")
+    if not endpoint or not key:
+        raise ValueError("ACS_CONNECTION_STRING must hold endpoint=...;accesskey=...")
+    try:
+        return endpoint.rstrip("/"), base64.b64decode(key, validate=True)
+    except ValueError:
+        raise ValueError("ACS_CONNECTION_STRING accesskey is not base64") from None
+
+
+class AcsHmacAuth(httpx.Auth):
+    """ACS's HMAC-SHA256 request signature over method, path, date, host and body hash."""
+
+    requires_request_body = True
+
+    def __init__(self, access_key: bytes) -> None:
+        self._key = access_key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        content_hash = base64.b64encode(hashlib.sha256(request.content).digest()).decode()
+        date = format_datetime(datetime.now(timezone.utc), usegmt=True)
+        host = request.url.netloc.decode("ascii")
+        path_and_query = request.url.raw_path.decode("ascii")
+        to_sign = f"{request.method}\n{path_and_query}\n{date};{host};{content_hash}"
+        signature = base64.b64encode(
+            hmac.new(self._key, to_sign.encode("utf-8"), hashlib.sha256).digest()
+        ).decode()
+        request.headers["x-ms-date"] = date
+        request.headers["x-ms-content-sha256"] = content_hash
+        request.headers["Authorization"] = (
+            f"HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature={signature}"
+        )
+        yield request
+
+
+class ManagedIdentityAuth(httpx.Auth):
+    """Bearer tokens from the Function App's managed identity (MSAL caches them per lifetime)."""
+
+    def __init__(self, client_id: str | None) -> None:
+        self._client_id = client_id
+        self._client: Any = None
+
+    def _token(self) -> str:
+        import msal
+        import requests
+
+        if self._client is None:
+            identity = (
+                msal.UserAssignedManagedIdentity(client_id=self._client_id)
+                if self._client_id
+                else msal.SystemAssignedManagedIdentity()
+            )
+            self._client = msal.ManagedIdentityClient(identity, http_client=requests.Session())
+        result = self._client.acquire_token_for_client(resource=ACS_RESOURCE)
+        token = result.get("access_token")
+        if not token:
+            raise TransientSendError(
+                f"acs: managed identity token unavailable ({result.get('error', 'no token')})"
+            )
+        return str(token)
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        token = await asyncio.to_thread(self._token)
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+class AcsChannel:
+    name: ClassVar[str] = "acs"
+    #: ACS tracks repeatable requests for 5 minutes; keep a margin for clock skew.
+    idempotent_resend_window: ClassVar[timedelta | None] = timedelta(minutes=4)
+
+    def __init__(
+        self,
+        settings: AcsSettings,
+        *,
+        timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.settings = settings
+        auth: httpx.Auth
+        if settings.connection_string is not None:
+            endpoint, key = parse_connection_string(settings.connection_string.get_secret_value())
+            auth = AcsHmacAuth(key)
+        else:
+            assert settings.endpoint is not None
+            endpoint = str(settings.endpoint).rstrip("/")
+            auth = ManagedIdentityAuth(settings.managed_identity_client_id)
+        self.endpoint = endpoint
+        self._http = httpx.AsyncClient(
+            base_url=endpoint,
+            auth=auth,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+            transport=transport,
+        )
+
+    @classmethod
+    def from_settings(cls, app: AppSettings) -> AcsChannel:
+        return cls(load(AcsSettings), timeout=app.provider_timeout_seconds)
+
+    async def send(self, request: SendRequest) -> SendReceipt:
+        body = {
+            "from": request.sender,
+            "smsRecipients": [
+                {
+                    "to": request.recipient,
+                    "repeatabilityRequestId": str(request.idempotency_key),
+                    "repeatabilityFirstSent": format_datetime(request.first_attempt_at, usegmt=True),
+                }
+            ],
+            "message": request.text,
+            "smsSendOptions": {"enableDeliveryReport": True, "tag": request.request_id},
+        }
+        try:
+            response = await self._http.post(
+                "/sms", params={"api-version": self.settings.api_version}, json=body
+            )
+        except httpx.TransportError as exc:
+            raise translate_transport_error(self.name, exc) from exc
+        if response.status_code in (200, 202):
+            return _recipient_result(response)
+        raise _failure(response)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _recipient_result(response: httpx.Response) -> SendReceipt:
+    try:
+        result: dict[str, Any] = response.json()["value"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise AmbiguousSendError("acs: accepted answer without a recipient result") from None
+    if result.get("successful") and result.get("messageId"):
+        return SendReceipt(message_id=str(result["messageId"]), provider_status="accepted")
+    status = int(result.get("httpStatusCode") or 0)
+    if status == 429 or status >= 500:
+        raise TransientSendError(f"acs: recipient result HTTP {status}", provider_code=str(status))
+    reason = NotSentReason.INVALID_RECIPIENT if status == 400 else NotSentReason.PROVIDER_REJECTED
+    raise PermanentSendError(reason, f"acs: recipient refused (HTTP {status})", provider_code=str(status))
+
+
+def _failure(response: httpx.Response) -> Exception:
+    status = response.status_code
+    code = _error_code(response)
+    if status == 429 or status >= 500:
+        return TransientSendError(
+            f"acs: HTTP {status}",
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            provider_code=code,
+        )
+    if status in (401, 403):
+        return TransientSendError(
+            f"acs: credentials refused (HTTP {status}); check ACS_CONNECTION_STRING or the identity's role",
+            provider_code=code,
+        )
+    if status == 412:
+        return AmbiguousSendError("acs: repeatability window passed; the first attempt may have sent")
+    return PermanentSendError(
+        NotSentReason.PROVIDER_REJECTED, f"acs: refused (HTTP {status}, {code or 'no code'})", provider_code=code
+    )
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        error = response.json().get("error", {})
+    except (ValueError, AttributeError):
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return str(code) if code else None

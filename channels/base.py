@@ -1,0 +1,84 @@
+"""The provider adapter seam.
+
+An adapter is one module in ``channels/`` holding, top to bottom: the provider's status and error
+tables, its settings, and a class implementing :class:`SmsChannel`. It is registered with one line
+in ``channels/registry.py``. Webhook verification and parsing of delivery reports and inbound
+messages belong to the same class (they share the provider's credentials and vocabulary).
+"""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import ClassVar, Protocol
+from uuid import UUID
+
+import httpx
+
+from channels.errors import AmbiguousSendError, TransientSendError
+
+__all__ = ["SendReceipt", "SendRequest", "SmsChannel", "parse_retry_after", "translate_transport_error"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendRequest:
+    """One SMS to hand to a provider, already validated and normalized."""
+
+    request_id: str
+    channel_definition_id: UUID
+    sender: str
+    recipient: str
+    text: str
+    #: Stable for every attempt of this request (providers with idempotency keys use it).
+    idempotency_key: UUID
+    #: When the first attempt of this request started (for providers' repeatability windows).
+    first_attempt_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SendReceipt:
+    """The provider accepted the message."""
+
+    message_id: str
+    provider_status: str | None = None
+
+
+class SmsChannel(Protocol):
+    #: Registry name; also the ``{provider}`` segment of this channel's webhook routes.
+    name: ClassVar[str]
+    #: How long after the first attempt a re-send with the same idempotency key is deduplicated by
+    #: the provider; None when the provider has no such guarantee (then a re-send after an
+    #: ambiguous outcome could deliver twice, so it never happens).
+    idempotent_resend_window: ClassVar[timedelta | None]
+
+    async def send(self, request: SendRequest) -> SendReceipt:
+        """Hand one message to the provider or raise a :mod:`channels.errors` exception."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def parse_retry_after(value: str | None, *, default: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date)."""
+    if not value:
+        return default
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return default
+    return max((when - datetime.now(when.tzinfo)).total_seconds(), 0.0)
+
+
+def translate_transport_error(provider: str, exc: httpx.TransportError) -> Exception:
+    """Map an httpx transport failure to transient (nothing reached the provider) or ambiguous."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return TransientSendError(f"{provider}: could not connect ({type(exc).__name__})")
+    return AmbiguousSendError(
+        f"{provider}: no answer after the request was sent ({type(exc).__name__})"
+    )

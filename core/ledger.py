@@ -1,0 +1,296 @@
+"""Send state in Azure Table Storage: one row per (ChannelDefinitionId, RequestId), one per message.
+
+``outboundsends`` makes sends idempotent. A request claims its row by inserting it (the storage
+service lets exactly one insert win); state changes are conditional on the row's ETag, so two
+processes can never both believe they own a send.
+
+    Sending ──► Sent | NotSent          final: repeats get the same answer
+       │
+       ├──► Retryable                   nothing went out; the next repeat may claim the row again
+       └──► Ambiguous                   the provider may have the message; never sent again
+
+``smsmessages`` maps a provider's message id back to the request, for delivery reports.
+Both tables carry ``ExpiresAt``; :meth:`SendLedger.purge_expired` deletes what has passed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import quote
+from uuid import UUID
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+
+from contracts.base import StrEnum
+
+__all__ = ["MessageRecord", "SendLedger", "SendRecord", "SendState", "StorageUnavailable"]
+
+SENDS_TABLE = "outboundsends"
+MESSAGES_TABLE = "smsmessages"
+
+
+class StorageUnavailable(Exception):
+    """Table Storage could not be reached or answered an unexpected error."""
+
+
+class SendState(StrEnum):
+    SENDING = "Sending"
+    SENT = "Sent"
+    NOT_SENT = "NotSent"
+    RETRYABLE = "Retryable"
+    AMBIGUOUS = "Ambiguous"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (SendState.SENT, SendState.NOT_SENT, SendState.AMBIGUOUS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendRecord:
+    channel_definition_id: UUID
+    request_id: str
+    state: SendState
+    provider: str
+    sender: str
+    fingerprint: str
+    idempotency_key: UUID
+    first_attempt_at: datetime
+    lease_until: datetime
+    expires_at: datetime
+    segments: int
+    encoding: str
+    is_test_send: bool = False
+    message_id: str | None = None
+    reason: str | None = None
+    etag: str | None = None
+
+    def to_entity(self) -> dict[str, Any]:
+        entity: dict[str, Any] = {
+            "PartitionKey": str(self.channel_definition_id),
+            "RowKey": row_key(self.request_id),
+            "RequestId": self.request_id,
+            "State": self.state.value,
+            "Provider": self.provider,
+            "From": self.sender,
+            "Fingerprint": self.fingerprint,
+            "IdempotencyKey": str(self.idempotency_key),
+            "FirstAttemptAt": self.first_attempt_at,
+            "LeaseUntil": self.lease_until,
+            "ExpiresAt": self.expires_at,
+            "Segments": self.segments,
+            "Encoding": self.encoding,
+            "IsTestSend": self.is_test_send,
+        }
+        if self.message_id is not None:
+            entity["MessageId"] = self.message_id
+        if self.reason is not None:
+            entity["Reason"] = self.reason
+        return entity
+
+    @classmethod
+    def from_entity(cls, entity: Any) -> SendRecord:
+        return cls(
+            channel_definition_id=UUID(entity["PartitionKey"]),
+            request_id=entity["RequestId"],
+            state=SendState(entity["State"]),
+            provider=entity["Provider"],
+            sender=entity["From"],
+            fingerprint=entity["Fingerprint"],
+            idempotency_key=UUID(entity["IdempotencyKey"]),
+            first_attempt_at=_utc(entity["FirstAttemptAt"]),
+            lease_until=_utc(entity["LeaseUntil"]),
+            expires_at=_utc(entity["ExpiresAt"]),
+            segments=int(entity.get("Segments", 0)),
+            encoding=entity.get("Encoding", ""),
+            is_test_send=bool(entity.get("IsTestSend", False)),
+            message_id=entity.get("MessageId"),
+            reason=entity.get("Reason"),
+            etag=entity.metadata.get("etag"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageRecord:
+    """What a delivery report needs to find its request from the provider's message id."""
+
+    provider: str
+    message_id: str
+    channel_definition_id: UUID
+    request_id: str
+    sender: str
+    segments: int
+    expires_at: datetime
+
+
+def row_key(value: str) -> str:
+    """Table keys may not hold / \\ # ? or control characters: percent-encode them."""
+    return quote(value, safe="")
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+class SendLedger:
+    def __init__(self, connection_string: str, *, retention: timedelta) -> None:
+        self.retention = retention
+        self._service = TableServiceClient.from_connection_string(
+            connection_string, connection_timeout=3, read_timeout=5, retry_total=1
+        )
+        self._sends: TableClient = self._service.get_table_client(SENDS_TABLE)
+        self._messages: TableClient = self._service.get_table_client(MESSAGES_TABLE)
+        self._tables_ready = False
+        self._lock = asyncio.Lock()
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self._tables_ready:
+            async with self._lock:
+                if not self._tables_ready:
+                    await asyncio.to_thread(self._create_tables)
+                    self._tables_ready = True
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            raise  # answers the caller handles
+        except AzureError as exc:
+            raise StorageUnavailable(f"table storage: {type(exc).__name__}") from exc
+
+    def _create_tables(self) -> None:
+        try:
+            for table in (self._sends, self._messages):
+                try:
+                    table.create_table()
+                except ResourceExistsError:
+                    pass
+        except AzureError as exc:
+            raise StorageUnavailable(f"table storage: {type(exc).__name__}") from exc
+
+    async def ping(self) -> None:
+        """Raise StorageUnavailable unless the storage account answers."""
+        try:
+            await asyncio.to_thread(lambda: next(iter(self._service.list_tables(results_per_page=1)), None))
+        except AzureError as exc:
+            raise StorageUnavailable(f"table storage: {type(exc).__name__}") from exc
+
+    # -- sends -------------------------------------------------------------------------------
+
+    async def claim(self, draft: SendRecord) -> tuple[bool, SendRecord]:
+        """Insert ``draft``; return (True, it) if this call created the row, else (False, the row)."""
+        try:
+            metadata = await self._call(self._sends.create_entity, draft.to_entity())
+            return True, replace(draft, etag=metadata.get("etag"))
+        except ResourceExistsError:
+            existing = await self.get(draft.channel_definition_id, draft.request_id)
+            if existing is None:  # purged between the two calls: try once more
+                return await self.claim(draft)
+            return False, existing
+
+    async def get(self, channel_definition_id: UUID, request_id: str) -> SendRecord | None:
+        try:
+            entity = await self._call(
+                self._sends.get_entity, str(channel_definition_id), row_key(request_id)
+            )
+        except ResourceNotFoundError:
+            return None
+        return SendRecord.from_entity(entity)
+
+    async def replace_if_unchanged(self, record: SendRecord, **changes: Any) -> SendRecord | None:
+        """Write ``record`` with ``changes`` unless someone else changed the row since it was read.
+
+        Returns the stored record, or None when the row had changed (the caller lost a race).
+        """
+        updated = replace(record, **changes)
+        try:
+            metadata = await self._call(
+                self._sends.update_entity,
+                updated.to_entity(),
+                mode=UpdateMode.REPLACE,
+                etag=record.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except ResourceModifiedError:
+            return None
+        return replace(updated, etag=metadata.get("etag"))
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def remember_message(self, record: SendRecord, message_id: str) -> None:
+        entity = {
+            "PartitionKey": record.provider,
+            "RowKey": row_key(message_id),
+            "MessageId": message_id,
+            "ChannelDefinitionId": str(record.channel_definition_id),
+            "RequestId": record.request_id,
+            "From": record.sender,
+            "Segments": record.segments,
+            "ExpiresAt": record.expires_at,
+        }
+        await self._call(self._messages.upsert_entity, entity, mode=UpdateMode.REPLACE)
+
+    async def find_message(self, provider: str, message_id: str) -> MessageRecord | None:
+        try:
+            entity = await self._call(self._messages.get_entity, provider, row_key(message_id))
+        except ResourceNotFoundError:
+            return None
+        return MessageRecord(
+            provider=entity["PartitionKey"],
+            message_id=entity["MessageId"],
+            channel_definition_id=UUID(entity["ChannelDefinitionId"]),
+            request_id=entity["RequestId"],
+            sender=entity["From"],
+            segments=int(entity.get("Segments", 0)),
+            expires_at=_utc(entity["ExpiresAt"]),
+        )
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def purge_expired(self, now: datetime | None = None) -> int:
+        """Delete every row whose ExpiresAt has passed; return how many."""
+        cutoff = now or datetime.now(timezone.utc)
+        deleted = 0
+        for table in (self._sends, self._messages):
+            deleted += await self._call(self._purge_table, table, cutoff)
+        return deleted
+
+    @staticmethod
+    def _purge_table(table: TableClient, cutoff: datetime) -> int:
+        expired = table.query_entities(
+            "ExpiresAt lt @cutoff", parameters={"cutoff": cutoff}, select=["PartitionKey", "RowKey"]
+        )
+        deleted = 0
+        rows = sorted((e["PartitionKey"], e["RowKey"]) for e in expired)
+        for partition, group in itertools.groupby(rows, key=lambda row: row[0]):
+            keys = list(group)
+            for start in range(0, len(keys), 100):  # a transaction holds at most 100 operations
+                batch = keys[start : start + 100]
+                table.submit_transaction(
+                    [("delete", {"PartitionKey": pk, "RowKey": rk}) for pk, rk in batch]
+                )
+                deleted += len(batch)
+        return deleted
+
+    def close(self) -> None:
+        self._sends.close()
+        self._messages.close()
+        self._service.close()
+
+    @property
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+    def expiry(self) -> datetime:
+        return self.now + self.retention
+
+    def lease(self, seconds: float) -> datetime:
+        return self.now + timedelta(seconds=seconds)

@@ -1,0 +1,275 @@
+"""The outbound send: decide what to do with a payload, send at most once, remember the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+
+from channels.base import SendReceipt, SendRequest, SmsChannel
+from channels.errors import (
+    AmbiguousSendError,
+    NotSentReason,
+    PermanentSendError,
+    TransientSendError,
+)
+from contracts import ChannelStatus, OutboundPayload
+from core.ledger import SendLedger, SendRecord, SendState
+from core.phones import InvalidPhoneNumber, mask, to_e164
+from core.segments import count_segments
+
+__all__ = ["OutboundService", "SendOutcome", "TryAgainLater"]
+
+log = logging.getLogger("sms.outbound")
+
+IDEMPOTENCY_NAMESPACE = uuid.UUID("0f8a4c52-3f8e-4d8e-b7b4-2f3bb1c7d9a1")
+#: How often a duplicate request looks again at a send that another request has in flight.
+IN_FLIGHT_POLL_SECONDS = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """A final answer for the caller: Sent (with the provider's id, if known) or NotSent."""
+
+    status: ChannelStatus
+    message_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TryAgainLater:
+    """Nothing was sent; the caller may retry the same RequestId after ``retry_after`` seconds."""
+
+    retry_after: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    reason: NotSentReason
+    detail: str
+
+
+class OutboundService:
+    def __init__(
+        self,
+        *,
+        channel: SmsChannel,
+        ledger: SendLedger,
+        max_segments: int,
+        send_budget_seconds: float,
+        default_region: str | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.channel = channel
+        self.ledger = ledger
+        self.max_segments = max_segments
+        self.budget = send_budget_seconds
+        self.default_region = default_region
+        self._sleep = sleep
+
+    async def send(self, payload: OutboundPayload) -> SendOutcome | TryAgainLater:
+        deadline = time.monotonic() + self.budget
+        recipient, rejection = self._validate(payload)
+        text = payload.message.get("text", "")
+        count = count_segments(text)
+        draft = SendRecord(
+            channel_definition_id=payload.channel_definition_id,
+            request_id=payload.request_id,
+            state=SendState.NOT_SENT if rejection else SendState.SENDING,
+            provider=self.channel.name,
+            sender=payload.from_,
+            fingerprint=_fingerprint(payload),
+            idempotency_key=uuid.uuid5(
+                IDEMPOTENCY_NAMESPACE, f"{payload.channel_definition_id}/{payload.request_id}"
+            ),
+            first_attempt_at=self.ledger.now,
+            lease_until=self.ledger.lease(self.budget * 2 + 5),
+            expires_at=self.ledger.expiry(),
+            segments=count.segments,
+            encoding=count.encoding.value,
+            is_test_send=payload.is_test_send,
+            reason=rejection.reason.value if rejection else None,
+        )
+        context = _log_context(payload, recipient)
+        if payload.is_test_send:
+            log.info("test send %s", context)
+
+        created, record = await self.ledger.claim(draft)
+        while not created:
+            if record.fingerprint != draft.fingerprint:
+                log.warning("RequestId reused with a different message; answering the first outcome %s", context)
+            decision = await self._resume(record, deadline)
+            if isinstance(decision, (SendOutcome, TryAgainLater)):
+                return decision
+            record = decision  # this request now owns the send
+            created = True
+
+        if rejection is not None:
+            if record.state is not SendState.NOT_SENT:
+                await self.ledger.replace_if_unchanged(
+                    record, state=SendState.NOT_SENT, reason=rejection.reason.value
+                )
+            log.info("NotSent %s reason=%s: %s", context, rejection.reason, rejection.detail)
+            return SendOutcome(ChannelStatus.NOT_SENT, reason=rejection.reason.value)
+
+        assert recipient is not None
+        request = SendRequest(
+            request_id=payload.request_id,
+            channel_definition_id=payload.channel_definition_id,
+            sender=payload.from_,
+            recipient=recipient,
+            text=text,
+            idempotency_key=record.idempotency_key,
+            first_attempt_at=record.first_attempt_at,
+        )
+        return await self._send_owned(record, request, deadline, context)
+
+    def _validate(self, payload: OutboundPayload) -> tuple[str | None, _Rejection | None]:
+        try:
+            recipient = to_e164(payload.to, default_region=self.default_region)
+        except InvalidPhoneNumber as exc:
+            return None, _Rejection(NotSentReason.INVALID_RECIPIENT, f"To is {exc}")
+        text = payload.message.get("text")
+        if text is None or not text.strip():
+            return recipient, _Rejection(NotSentReason.EMPTY_MESSAGE, "the message has no text part")
+        count = count_segments(text)
+        if count.segments > self.max_segments:
+            return recipient, _Rejection(
+                NotSentReason.TOO_MANY_SEGMENTS,
+                f"{count.segments} {count.encoding} segments, MAX_SEGMENTS is {self.max_segments}",
+            )
+        return recipient, None
+
+    async def _resume(self, record: SendRecord, deadline: float) -> SendOutcome | TryAgainLater | SendRecord:
+        """Decide about a request that an earlier call already claimed.
+
+        Returns the outcome to answer, or the record once this call has taken the send over.
+        """
+        while True:
+            if record.state.is_final:
+                return _outcome_of(record)
+            now = datetime.now(timezone.utc)
+            if record.state is SendState.RETRYABLE:
+                taken = await self._take_over(record)
+            elif record.lease_until > now:
+                # another call is sending this very request: wait for its outcome
+                if time.monotonic() + IN_FLIGHT_POLL_SECONDS >= deadline:
+                    return TryAgainLater(1.0, "a send for this RequestId is in progress")
+                await self._sleep(IN_FLIGHT_POLL_SECONDS)
+                taken = None
+            elif self._can_resend_safely(record, now):
+                taken = await self._take_over(record)
+            else:
+                # the call that claimed it died mid-send: the provider may have the message
+                log.warning(
+                    "send of RequestId=%s interrupted before its outcome was stored; not re-sending",
+                    record.request_id,
+                )
+                marked = await self.ledger.replace_if_unchanged(record, state=SendState.AMBIGUOUS)
+                if marked is not None:
+                    return _outcome_of(marked)
+                taken = None
+            if taken is not None:
+                return taken
+            latest = await self.ledger.get(record.channel_definition_id, record.request_id)
+            if latest is None:
+                return TryAgainLater(1.0, "send state vanished; retry")
+            record = latest
+
+    def _can_resend_safely(self, record: SendRecord, now: datetime) -> bool:
+        window = self.channel.idempotent_resend_window
+        return window is not None and now - record.first_attempt_at < window
+
+    async def _take_over(self, record: SendRecord) -> SendRecord | None:
+        return await self.ledger.replace_if_unchanged(
+            record, state=SendState.SENDING, lease_until=self.ledger.lease(self.budget * 2 + 5)
+        )
+
+    async def _send_owned(
+        self, record: SendRecord, request: SendRequest, deadline: float, context: str
+    ) -> SendOutcome | TryAgainLater:
+        try:
+            receipt = await self._send_with_retries(record, request, deadline)
+        except PermanentSendError as exc:
+            await self.ledger.replace_if_unchanged(record, state=SendState.NOT_SENT, reason=exc.reason.value)
+            log.info("NotSent %s reason=%s: %s", context, exc.reason, exc.detail)
+            return SendOutcome(ChannelStatus.NOT_SENT, reason=exc.reason.value)
+        except AmbiguousSendError as exc:
+            await self.ledger.replace_if_unchanged(record, state=SendState.AMBIGUOUS, reason="Ambiguous")
+            log.warning("outcome unknown %s: %s; answering Sent without MessageId, never re-sending", context, exc.detail)
+            return SendOutcome(ChannelStatus.SENT)
+        except TransientSendError as exc:
+            await self.ledger.replace_if_unchanged(record, state=SendState.RETRYABLE, reason=exc.detail[:200])
+            retry_after = max(exc.retry_after or 0.0, 1.0)
+            log.warning("not sent yet %s: %s; caller may retry after %.0fs", context, exc.detail, retry_after)
+            return TryAgainLater(retry_after, "the SMS provider is unavailable; retry the same RequestId")
+
+        await self.ledger.remember_message(record, receipt.message_id)
+        stored = await self.ledger.replace_if_unchanged(
+            record, state=SendState.SENT, message_id=receipt.message_id, reason=None
+        )
+        if stored is None:
+            log.warning("send state of %s changed while sending; the message went out once", context)
+        log.info("Sent %s MessageId=%s segments=%d", context, receipt.message_id, record.segments)
+        return SendOutcome(ChannelStatus.SENT, message_id=receipt.message_id)
+
+    async def _send_with_retries(
+        self, record: SendRecord, request: SendRequest, deadline: float
+    ) -> SendReceipt:
+        resend_safe = self.channel.idempotent_resend_window is not None
+
+        def retryable(exc: BaseException) -> bool:
+            if isinstance(exc, TransientSendError):
+                return exc.retry_after is None or time.monotonic() + exc.retry_after < deadline
+            return resend_safe and isinstance(exc, AmbiguousSendError)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, TransientSendError) and exc.retry_after is not None:
+                return exc.retry_after
+            return wait_exponential_jitter(initial=0.2, max=2.0)(state)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(retryable),
+            wait=wait,
+            stop=stop_before_delay(max(deadline - time.monotonic(), 0.0)),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self.channel.send(request)
+        raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
+
+
+def _outcome_of(record: SendRecord) -> SendOutcome:
+    if record.state is SendState.NOT_SENT:
+        return SendOutcome(ChannelStatus.NOT_SENT, reason=record.reason)
+    return SendOutcome(ChannelStatus.SENT, message_id=record.message_id)
+
+
+def _fingerprint(payload: OutboundPayload) -> str:
+    material = "\x1f".join([payload.from_, payload.to, payload.message.get("text", "")])
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()[:32]
+
+
+def _log_context(payload: OutboundPayload, recipient: str | None) -> str:
+    return (
+        f"RequestId={payload.request_id} ChannelDefinitionId={payload.channel_definition_id} "
+        f"To={mask(recipient or payload.to)}"
+    )
+

@@ -1,0 +1,111 @@
+"""App settings (environment variables / Function App application settings).
+
+Every setting is documented in README.md and local.settings.json.example. A missing or invalid
+setting becomes a :class:`ConfigurationError` naming it; nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import AliasChoices, Field, HttpUrl, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["AppSettings", "ConfigurationError", "SettingProblem", "load"]
+
+#: Azurite's well-known development account (public, documented by Microsoft; not a secret).
+AZURITE_ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+DEVELOPMENT_STORAGE = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    f"AccountKey={AZURITE_ACCOUNT_KEY};"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+    "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingProblem:
+    setting: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.setting}: {self.message}"
+
+
+class ConfigurationError(Exception):
+    def __init__(self, problems: list[SettingProblem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
+
+    @classmethod
+    def single(cls, setting: str, message: str) -> ConfigurationError:
+        return cls([SettingProblem(setting, message)])
+
+
+class AppSettings(BaseSettings):
+    """Settings shared by every provider. Provider settings live in their adapter module."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True, case_sensitive=False)
+
+    sms_provider: str = Field(default="simulator", validation_alias="SMS_PROVIDER")
+    #: The app's externally visible base URL (e.g. https://contoso-sms.azurewebsites.net), used to
+    #: build the callback URLs providers call and to verify their signatures.
+    public_base_url: HttpUrl | None = Field(default=None, validation_alias="PUBLIC_BASE_URL")
+    storage_connection: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AzureWebJobsStorage", "AZUREWEBJOBSSTORAGE")
+    )
+    max_segments: int = Field(default=10, ge=1, le=50, validation_alias="MAX_SEGMENTS")
+    #: Total time one outbound request may spend on provider retries before answering 503.
+    send_budget_seconds: float = Field(default=8.0, gt=0, le=60, validation_alias="SEND_BUDGET_SECONDS")
+    provider_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=30, validation_alias="PROVIDER_TIMEOUT_SECONDS"
+    )
+    retention_days: int = Field(default=30, ge=1, le=3650, validation_alias="RETENTION_DAYS")
+    max_body_bytes: int = Field(default=65536, ge=1024, validation_alias="MAX_BODY_BYTES")
+    #: ISO 3166 region for recipient numbers written without a leading + (unset: + is required).
+    default_region: str | None = Field(default=None, validation_alias="DEFAULT_REGION")
+
+    def storage_connection_string(self) -> str:
+        if self.storage_connection is None:
+            raise ConfigurationError.single(
+                "AzureWebJobsStorage", "required: the storage account for send state and queues"
+            )
+        value = self.storage_connection.get_secret_value().strip()
+        if value.lower().replace(" ", "") == "usedevelopmentstorage=true":
+            return DEVELOPMENT_STORAGE
+        return value
+
+    def callback_url(self, path: str) -> str | None:
+        if self.public_base_url is None:
+            return None
+        return str(self.public_base_url).rstrip("/") + "/" + path.lstrip("/")
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Build settings from the environment (plus ``overrides``), naming each bad setting."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError([_problem(cls, err) for err in exc.errors()]) from None
+
+
+def _problem(cls: type[BaseSettings], error: Any) -> SettingProblem:
+    field_name = str(error["loc"][0]) if error["loc"] else ""
+    field = cls.model_fields.get(field_name)
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, str):
+        setting = alias
+    elif isinstance(alias, AliasChoices):
+        setting = str(alias.choices[0])
+    else:
+        prefix = cls.model_config.get("env_prefix", "")
+        setting = f"{prefix}{field_name}".upper()
+    # pydantic's message, never the input value (it may be a secret)
+    return SettingProblem(setting, str(error["msg"]))

@@ -1,0 +1,69 @@
+"""``python -m devhost [--host 127.0.0.1] [--port 7071]``: serve function_app.app like ``func start``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import uvicorn
+
+from devhost.asgi import FunctionsAsgi, route_prefix
+from devhost.queues import QueueOptions, queue_workers
+
+log = logging.getLogger("devhost")
+
+
+def load_local_settings(path: Path) -> None:
+    """Export local.settings.json's Values like Core Tools does; real environment variables win."""
+    if not path.exists():
+        return
+    values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+    for name, value in values.items():
+        os.environ.setdefault(name, str(value))
+
+
+async def serve(module: str, host: str, port: int, root: Path) -> None:
+    app = importlib.import_module(module).app
+    asgi = FunctionsAsgi(app, prefix=route_prefix(root / "host.json"))
+    workers = queue_workers(app, QueueOptions.from_host_json(root / "host.json"))
+    server = uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="on"))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
+    for route in asgi.routes:
+        log.info("http  %-24s %s", route.name, route.pattern.pattern)
+    for worker in workers:
+        log.info("queue %-24s %s", worker.name, worker.queue.queue_name)
+    log.info("listening on http://%s:%d", host, port)
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        for task in tasks:
+            with contextlib.suppress(Exception):
+                await task
+        services = getattr(importlib.import_module(module), "services", None)
+        if services is not None and hasattr(services, "aclose"):
+            await services.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("FUNCTIONS_HTTPWORKER_PORT", 7071)))
+    parser.add_argument("--module", default="function_app")
+    args = parser.parse_args()
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = Path.cwd()
+    load_local_settings(root / "local.settings.json")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.module, args.host, args.port, root))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Queue triggers of a FunctionApp, run by polling Azure Storage queues (Azurite locally).
+
+Mirrors the Functions queue extension: a message is deleted when the function returns, made
+visible again after ``visibilityTimeout`` when it raises, and moved to ``<queue>-poison`` once it
+has been dequeued ``maxDequeueCount`` times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import azure.functions.queue
+from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.functions.decorators.queue import QueueTrigger
+from azure.storage.queue import QueueClient, QueueMessage
+
+from core.settings import DEVELOPMENT_STORAGE
+from devhost.asgi import invoke
+
+log = logging.getLogger("devhost.queues")
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    max_dequeue_count: int = 5
+    visibility_timeout: float = 0.0
+    batch_size: int = 16
+    max_polling_interval: float = 2.0
+
+    @classmethod
+    def from_host_json(cls, host_json: Path) -> QueueOptions:
+        try:
+            queues = json.loads(host_json.read_text(encoding="utf-8"))["extensions"]["queues"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls()
+        return cls(
+            max_dequeue_count=int(queues.get("maxDequeueCount", 5)),
+            visibility_timeout=_timespan(queues.get("visibilityTimeout", "00:00:00")),
+            batch_size=int(queues.get("batchSize", 16)),
+            max_polling_interval=min(_timespan(queues.get("maxPollingInterval", "00:00:02")), 2.0),
+        )
+
+
+def _timespan(value: str) -> float:
+    hours, minutes, seconds = value.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def connection_string(setting: str) -> str:
+    value = os.environ.get(setting, "")
+    if value.strip().lower().replace(" ", "") == "usedevelopmentstorage=true":
+        return DEVELOPMENT_STORAGE
+    if not value:
+        raise RuntimeError(f"queue trigger connection setting {setting} is not set")
+    return value
+
+
+def decode_body(message: QueueMessage) -> bytes:
+    """The Functions host reads base64 queue messages (its default encoding), else raw text."""
+    content = message.content
+    try:
+        return base64.b64decode(content, validate=True)
+    except (ValueError, TypeError):
+        return content.encode("utf-8") if isinstance(content, str) else bytes(content)
+
+
+class QueueWorker:
+    def __init__(self, function: Any, trigger: QueueTrigger, options: QueueOptions) -> None:
+        self.name = function.get_function_name()
+        self.handler = function.get_user_function()
+        self.arg_name = trigger.name
+        self.options = options
+        conn = connection_string(trigger.connection)
+        self.queue = QueueClient.from_connection_string(conn, trigger.queue_name)
+        self.poison = QueueClient.from_connection_string(conn, f"{trigger.queue_name}-poison")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        for queue in (self.queue, self.poison):
+            try:
+                await asyncio.to_thread(queue.create_queue)
+            except ResourceExistsError:
+                pass
+        idle = 0.05
+        while not stop.is_set():
+            try:
+                handled = await self.poll_once()
+            except AzureError as exc:
+                log.warning("queue %s unreachable: %s", self.queue.queue_name, type(exc).__name__)
+                handled = 0
+            idle = 0.05 if handled else min(idle * 2, self.options.max_polling_interval)
+            if not handled:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=idle)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def poll_once(self) -> int:
+        visibility = max(int(self.options.visibility_timeout), 0)
+        messages = await asyncio.to_thread(
+            lambda: list(self.queue.receive_messages(
+                messages_per_page=self.options.batch_size,
+                max_messages=self.options.batch_size,
+                visibility_timeout=max(visibility, 30),
+            ))
+        )
+        await asyncio.gather(*(self._handle(m, visibility) for m in messages))
+        return len(messages)
+
+    async def _handle(self, message: QueueMessage, visibility: int) -> None:
+        body = decode_body(message)
+        if message.dequeue_count and message.dequeue_count > self.options.max_dequeue_count:
+            await self._to_poison(message, body)
+            return
+        queue_message = azure.functions.queue.QueueMessage(
+            id=message.id,
+            body=body,
+            pop_receipt=message.pop_receipt,
+            dequeue_count=message.dequeue_count,
+            insertion_time=message.inserted_on,
+            expiration_time=message.expires_on,
+        )
+        try:
+            await invoke(self.handler, **{self.arg_name: queue_message})
+        except Exception:
+            log.exception("function %s failed on message %s (dequeue %s)", self.name, message.id, message.dequeue_count)
+            if message.dequeue_count >= self.options.max_dequeue_count:
+                await self._to_poison(message, body)
+            else:
+                await asyncio.to_thread(self.queue.update_message, message, visibility_timeout=visibility)
+            return
+        await asyncio.to_thread(self.queue.delete_message, message)
+
+    async def _to_poison(self, message: QueueMessage, body: bytes) -> None:
+        await asyncio.to_thread(self.poison.send_message, base64.b64encode(body).decode("ascii"))
+        await asyncio.to_thread(self.queue.delete_message, message)
+        log.warning("message %s of %s moved to %s", message.id, self.queue.queue_name, self.poison.queue_name)
+
+
+def queue_workers(app: func.FunctionApp, options: QueueOptions) -> list[QueueWorker]:
+    workers = []
+    for function in app.get_functions():
+        trigger = function.get_trigger()
+        if isinstance(trigger, QueueTrigger):
+            workers.append(QueueWorker(function, trigger, options))
+    return workers
