@@ -36,6 +36,7 @@ __all__ = ["OutboundService", "SendOutcome", "TryAgainLater"]
 log = logging.getLogger("sms.outbound")
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("0f8a4c52-3f8e-4d8e-b7b4-2f3bb1c7d9a1")
+BACKOFF = wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2)
 #: How often a duplicate request looks again at a send that another request has in flight.
 IN_FLIGHT_POLL_SECONDS = 0.1
 
@@ -241,7 +242,7 @@ class OutboundService:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, TransientSendError) and exc.retry_after is not None:
                 return exc.retry_after
-            return wait_exponential_jitter(initial=0.2, max=2.0)(state)
+            return BACKOFF(state)
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(retryable),

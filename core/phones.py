@@ -19,14 +19,14 @@ def to_e164(raw: str, *, default_region: str | None = None) -> str:
     try:
         parsed = phonenumbers.parse(raw, default_region)
     except phonenumbers.NumberParseException as exc:
-        raise InvalidPhoneNumber(f"not a phone number ({exc.error_type.name.lower()})") from exc
+        raise InvalidPhoneNumber("not a phone number") from exc
     if not phonenumbers.is_valid_number(parsed):
         raise InvalidPhoneNumber("not a valid number for its country")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 def mask(number: str | None) -> str:
-    """Keep a number recognisable in logs without disclosing it: ``+447911123456`` -> ``+4479****3456``."""
+    """Keep a number recognisable in logs without disclosing it: ``+14155550123`` -> ``+1415****0123``."""
     if not number:
         return "<none>"
     if len(number) <= 8:

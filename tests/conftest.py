@@ -14,11 +14,11 @@ from channels.twilio import TwilioSettings
 from core.ledger import SendLedger
 from core.settings import AppSettings
 from tests.fakes.azurite import Azurite, start_azurite
-from tests.fakes.tls import TestCA, make_test_ca
+from tests.fakes.tls import LocalCA, make_local_ca
 
-#: Fictional numbers: Ofcom reserves +44 7700 900000-900999 for drama; never real subscribers.
-CUSTOMER = "+447700900123"
-OUR_NUMBER = "+447700900001"
+#: Fictional numbers: NANPA reserves 555-0100 to 555-0199 for fiction; never real subscribers.
+CUSTOMER = "+14155550123"
+OUR_NUMBER = "+14155550100"
 
 
 def _setting_names() -> set[str]:
@@ -48,12 +48,12 @@ def azurite() -> Iterator[Azurite]:
 
 
 @pytest.fixture(scope="session")
-def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return make_test_ca(tmp_path_factory.mktemp("tls"))
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCA:
+    return make_local_ca(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
-def trust_test_ca(test_ca: TestCA, monkeypatch: pytest.MonkeyPatch) -> TestCA:
+def trust_test_ca(test_ca: LocalCA, monkeypatch: pytest.MonkeyPatch) -> LocalCA:
     monkeypatch.setenv("SSL_CERT_FILE", str(test_ca.bundle))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(test_ca.bundle))
     return test_ca

@@ -21,13 +21,13 @@ GUID = "3F2504E0-4F89-11D3-9A0C-0305E82C3301"
 
 def test_outbound_payload_reads_the_wire_names_and_ignores_unknown_fields() -> None:
     payload = OutboundPayload.model_validate({
-        "ChannelDefinitionId": GUID, "RequestId": "r-1", "From": "+447700900001", "To": "+447700900123",
+        "ChannelDefinitionId": GUID, "RequestId": "r-1", "From": "+14155550100", "To": "+14155550123",
         "Message": {"text": "hi"}, "Unexpected": {"nested": 1},
         "MarketingAppContext": {"CustomerJourneyId": None, "UserId": None, "UserEntityType": None,
                                 "IsTestSend": True},
     })
     assert payload.channel_definition_id == uuid.UUID(GUID)
-    assert payload.from_ == "+447700900001"
+    assert payload.from_ == "+14155550100"
     assert payload.is_test_send
     assert "Unexpected" not in payload.model_dump(by_alias=True)
 
@@ -60,13 +60,13 @@ def test_outbound_response_serializes_lowercase_guid_and_omits_missing_message_i
 
 def test_notification_payload_carries_status_details_and_details() -> None:
     notification = NotificationPayload(
-        channel_definition_id=uuid.UUID(GUID), request_id="r-1", message_id="SM1", from_="+447700900001",
+        channel_definition_id=uuid.UUID(GUID), request_id="r-1", message_id="SM1", from_="+14155550100",
         organization_id="org", status=ChannelStatus.NOT_DELIVERED,
         status_details={"ProviderStatus": "undelivered", "ErrorCode": "30003"},
         details=NotificationDetails(reason="Unreachable", message="handset off"),
     )
     assert notification.to_wire() == {
-        "ChannelDefinitionId": GUID.lower(), "RequestId": "r-1", "MessageId": "SM1", "From": "+447700900001",
+        "ChannelDefinitionId": GUID.lower(), "RequestId": "r-1", "MessageId": "SM1", "From": "+14155550100",
         "OrganizationId": "org", "Status": "NotDelivered",
         "StatusDetails": {"ProviderStatus": "undelivered", "ErrorCode": "30003"},
         "Details": {"Reason": "Unreachable", "Message": "handset off"},
@@ -74,10 +74,10 @@ def test_notification_payload_carries_status_details_and_details() -> None:
 
 
 def test_inbound_payload_wire_names() -> None:
-    inbound = InboundPayload(channel_definition_id=uuid.UUID(GUID), to="+447700900001", from_="+447700900123",
+    inbound = InboundPayload(channel_definition_id=uuid.UUID(GUID), to="+14155550100", from_="+14155550123",
                              organization_id="org", message={"text": "STOP"})
-    assert inbound.to_wire() == {"ChannelDefinitionId": GUID.lower(), "To": "+447700900001",
-                                 "From": "+447700900123", "OrganizationId": "org", "Message": {"text": "STOP"}}
+    assert inbound.to_wire() == {"ChannelDefinitionId": GUID.lower(), "To": "+14155550100",
+                                 "From": "+14155550123", "OrganizationId": "org", "Message": {"text": "STOP"}}
 
 
 @pytest.mark.parametrize("stem", sorted(CONTRACTS))

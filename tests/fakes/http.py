@@ -20,6 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 @dataclass
 class Recorded:
     method: str
+    #: The request target as sent: path plus query string.
+    target: str
     path: str
     query: dict[str, list[str]]
     headers: dict[str, str]
@@ -85,7 +87,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
-        recorded = Recorded(self.command, parts.path, parse_qs(parts.query, keep_blank_values=True),
+        recorded = Recorded(self.command, self.path, parts.path, parse_qs(parts.query, keep_blank_values=True),
                             {k.lower(): v for k, v in self.headers.items()}, body)
         with self.server.lock:
             self.server.requests.append(recorded)

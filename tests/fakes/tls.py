@@ -11,7 +11,7 @@ import trustme
 
 
 @dataclass(frozen=True)
-class TestCA:
+class LocalCA:
     ca: trustme.CA
     bundle: Path
 
@@ -21,9 +21,9 @@ class TestCA:
         return context
 
 
-def make_test_ca(directory: Path) -> TestCA:
+def make_local_ca(directory: Path) -> LocalCA:
     """A CA plus a bundle file (system CAs + the test CA) for SSL_CERT_FILE and REQUESTS_CA_BUNDLE."""
     ca = trustme.CA()
     bundle = directory / "ca-bundle.pem"
     bundle.write_bytes(Path(certifi.where()).read_bytes() + b"\n" + ca.cert_pem.bytes())
-    return TestCA(ca, bundle)
+    return LocalCA(ca, bundle)

@@ -1,0 +1,50 @@
+"""In-process stand-ins for unit tests (end-to-end tests use real servers instead)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from typing import ClassVar
+
+from channels.base import SendReceipt, SendRequest
+from channels.errors import SendError
+
+
+class ScriptedChannel:
+    """A provider whose answers are scripted; each item is a receipt or an exception to raise."""
+
+    name: ClassVar[str] = "scripted"
+    idempotent_resend_window: ClassVar[timedelta | None] = None
+
+    def __init__(self, *script: SendReceipt | SendError, hold: asyncio.Event | None = None) -> None:
+        self.script = list(script)
+        self.requests: list[SendRequest] = []
+        self.hold = hold
+
+    async def send(self, request: SendRequest) -> SendReceipt:
+        self.requests.append(request)
+        if self.hold is not None:
+            await self.hold.wait()
+        outcome = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(outcome, SendError):
+            raise outcome
+        return outcome
+
+    async def aclose(self) -> None:
+        return None
+
+
+class IdempotentScriptedChannel(ScriptedChannel):
+    idempotent_resend_window: ClassVar[timedelta | None] = timedelta(minutes=4)
+
+
+class RecordingSleep:
+    """Records requested sleeps and returns at once (the retry policy is under test, not time)."""
+
+    def __init__(self, then: Callable[[float], object] | None = None) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        await asyncio.sleep(0)

@@ -1,0 +1,103 @@
+"""Provider APIs played by real local servers: what they check and how they answer.
+
+A recipient number's last four digits choose the answer, so one fake serves every scenario:
+``0429`` throttled, ``0500`` server error, ``0610`` opted out (Twilio 21610 / ACS 400),
+``0211`` invalid number, anything else accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import threading
+from dataclasses import dataclass, field
+
+from tests.fakes.http import Recorded, Reply
+
+
+@dataclass
+class FakeTwilio:
+    account_sid: str
+    auth_token: str
+    retry_after: str = "1"
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, request: Recorded) -> Reply:
+        expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        if request.headers.get("authorization") != expected:
+            return Reply(401, {"code": 20003, "message": "Authenticate", "status": 401})
+        if request.path != f"/2010-04-01/Accounts/{self.account_sid}/Messages.json":
+            return Reply(404, {"code": 20404, "message": "not found", "status": 404})
+        form = request.form()
+        to = form.get("To", "")
+        if to.endswith("0429"):
+            return Reply(429, {"code": 20429, "message": "Too Many Requests", "status": 429},
+                         {"Retry-After": self.retry_after})
+        if to.endswith("0500"):
+            return Reply(500, {"code": 20500, "message": "Internal Server Error", "status": 500})
+        if to.endswith("0610"):
+            return Reply(400, {"code": 21610, "message": f"Attempt to send to unsubscribed recipient {to}",
+                               "status": 400})
+        if to.endswith("0211"):
+            return Reply(400, {"code": 21211, "message": f"The 'To' number {to} is not valid", "status": 400})
+        with self._lock:
+            sid = f"SM{next(self._ids):032x}"
+        return Reply(201, {"sid": sid, "status": "queued", "to": to, "from": form.get("From"),
+                           "body": form.get("Body"), "account_sid": self.account_sid,
+                           "messaging_service_sid": form.get("MessagingServiceSid")})
+
+
+def acs_signature_valid(request: Recorded, access_key: bytes) -> bool:
+    """ACS HMAC-SHA256 as documented: verb, path and query, date;host;content-hash."""
+    content_hash = base64.b64encode(hashlib.sha256(request.body).digest()).decode()
+    if request.headers.get("x-ms-content-sha256") != content_hash:
+        return False
+    to_sign = f"{request.method}\n{request.target}\n{request.headers.get('x-ms-date')};" \
+              f"{request.headers.get('host')};{content_hash}"
+    expected = base64.b64encode(hmac.new(access_key, to_sign.encode(), hashlib.sha256).digest()).decode()
+    authorization = request.headers.get("authorization", "")
+    prefix = "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature="
+    return authorization.startswith(prefix) and hmac.compare_digest(authorization[len(prefix):], expected)
+
+
+@dataclass
+class FakeAcs:
+    access_key: bytes
+    bearer_token: str | None = None
+    #: repeatabilityRequestId -> the answer given the first time (ACS replays it for repeats).
+    seen: dict[str, dict[str, object]] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, request: Recorded) -> Reply:
+        authorized = (
+            request.headers.get("authorization") == f"Bearer {self.bearer_token}"
+            if self.bearer_token else acs_signature_valid(request, self.access_key)
+        )
+        if not authorized:
+            return Reply(401, {"error": {"code": "Denied", "message": "Denied by the resource provider."}})
+        if request.path != "/sms" or request.query.get("api-version") != ["2021-03-07"]:
+            return Reply(404, {"error": {"code": "NotFound", "message": "no such API"}})
+        body = request.json()
+        recipient = body["smsRecipients"][0]
+        to = recipient["to"]
+        if to.endswith("0429"):
+            return Reply(429, {"error": {"code": "TooManyRequests", "message": "throttled"}}, {"Retry-After": "1"})
+        if to.endswith("0500"):
+            return Reply(503, {"error": {"code": "ServiceUnavailable", "message": "try later"}})
+        repeatability = recipient.get("repeatabilityRequestId")
+        with self._lock:
+            if repeatability and repeatability in self.seen:
+                return Reply(202, {"value": [self.seen[repeatability]]})
+            if to.endswith(("0211", "0610")):
+                result: dict[str, object] = {"to": to, "httpStatusCode": 400, "repeatabilityResult": "accepted",
+                                             "successful": False, "errorMessage": "Invalid To phone number."}
+            else:
+                result = {"to": to, "messageId": f"Outgoing_{next(self._ids):020d}", "httpStatusCode": 202,
+                          "repeatabilityResult": "accepted", "successful": True}
+            if repeatability:
+                self.seen[repeatability] = result
+        return Reply(202, {"value": [result]})
