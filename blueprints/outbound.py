@@ -72,7 +72,7 @@ def parse_outbound(body: bytes, *, max_bytes: int) -> tuple[OutboundPayload, boo
 
 def _json(raw: bytes, what: str) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise InvalidRequest("InvalidJson", f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:

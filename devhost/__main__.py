@@ -28,10 +28,10 @@ def load_local_settings(path: Path) -> None:
         os.environ.setdefault(name, str(value))
 
 
-async def serve(module: str, host: str, port: int, root: Path) -> None:
-    app = importlib.import_module(module).app
-    asgi = FunctionsAsgi(app, prefix=route_prefix(root / "host.json"))
-    workers = queue_workers(app, QueueOptions.from_host_json(root / "host.json"))
+async def serve(module: str, host: str, port: int, host_json: Path) -> None:
+    functions = importlib.import_module(module).app.get_functions()
+    asgi = FunctionsAsgi(functions, prefix=route_prefix(host_json))
+    workers = queue_workers(functions, QueueOptions.from_host_json(host_json))
     server = uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="on"))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
@@ -56,13 +56,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("FUNCTIONS_HTTPWORKER_PORT", 7071)))
-    parser.add_argument("--module", default="function_app")
+    parser.add_argument("--module", default="function_app", help="module holding the FunctionApp `app`")
+    parser.add_argument("--host-json", type=Path, default=Path("host.json"))
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = Path.cwd()
-    load_local_settings(root / "local.settings.json")
+    load_local_settings(Path.cwd() / "local.settings.json")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.module, args.host, args.port, root))
+        asyncio.run(serve(args.module, args.host, args.port, args.host_json))
 
 
 if __name__ == "__main__":

@@ -55,9 +55,9 @@ def compile_route(prefix: str, template: str) -> re.Pattern[str]:
     return re.compile(f"^/{regex}/?$", re.IGNORECASE)
 
 
-def http_routes(app: func.FunctionApp, prefix: str) -> list[HttpRoute]:
+def http_routes(functions: list[Any], prefix: str) -> list[HttpRoute]:
     routes = []
-    for function in app.get_functions():
+    for function in functions:
         trigger = function.get_trigger()
         if not isinstance(trigger, HttpTrigger):
             continue
@@ -76,8 +76,10 @@ async def invoke(handler: Callable[..., Any], **kwargs: Any) -> Any:
 
 
 class FunctionsAsgi:
-    def __init__(self, app: func.FunctionApp, *, prefix: str = "api") -> None:
-        self.routes = http_routes(app, prefix)
+    """``functions`` is ``app.get_functions()``, called once: each call registers blueprints anew."""
+
+    def __init__(self, functions: list[Any], *, prefix: str = "api") -> None:
+        self.routes = http_routes(functions, prefix)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -144,9 +144,9 @@ class QueueWorker:
         log.warning("message %s of %s moved to %s", message.id, self.queue.queue_name, self.poison.queue_name)
 
 
-def queue_workers(app: func.FunctionApp, options: QueueOptions) -> list[QueueWorker]:
+def queue_workers(functions: list[Any], options: QueueOptions) -> list[QueueWorker]:
     workers = []
-    for function in app.get_functions():
+    for function in functions:
         trigger = function.get_trigger()
         if isinstance(trigger, QueueTrigger):
             workers.append(QueueWorker(function, trigger, options))

@@ -1,0 +1,64 @@
+"""Running the app through the local host in a child process, as a user does."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def local_host(env: Mapping[str, str], *, module: str = "function_app", host_json: Path | None = None,
+               log: Path | None = None) -> Iterator[str]:
+    """Start ``python -m devhost`` with exactly ``env`` (plus PATH and CA settings); yield its base URL."""
+    port = free_port()
+    child_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
+                                                               "LANG", "SYSTEMROOT")}
+    child_env.update(env)
+    child_env["PYTHONUNBUFFERED"] = "1"
+    command = [sys.executable, "-m", "devhost", "--port", str(port), "--module", module]
+    if host_json is not None:
+        command += ["--host-json", str(host_json)]
+    output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(command, cwd=ROOT, env=child_env, stdout=output, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"local host exited with {process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("local host did not start listening within 30 s") from None
+                time.sleep(0.05)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        if log:
+            output.close()  # type: ignore[union-attr]
+
+
+def client(base: str) -> httpx.Client:
+    return httpx.Client(base_url=base, timeout=30)

@@ -1,0 +1,143 @@
+"""End to end: the local host serving function_app over HTTP, Azurite, and a fake Twilio over sockets."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CUSTOMER, OUR_NUMBER, ROOT, payload_json
+from tests.e2e import client, local_host
+from tests.fakes.azurite import Azurite
+from tests.fakes.http import FakeHttpServer
+from tests.fakes.providers import FakeTwilio
+
+ACCOUNT_SID = "AC" + "7" * 32
+
+
+@pytest.fixture(scope="module")
+def twilio_token() -> str:
+    return secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def fake_twilio(twilio_token: str) -> Iterator[FakeHttpServer]:
+    with FakeHttpServer(FakeTwilio(ACCOUNT_SID, twilio_token)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def host_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("host") / "host.log"
+
+
+@pytest.fixture(scope="module")
+def twilio_app(azurite: Azurite, fake_twilio: FakeHttpServer, twilio_token: str, host_log: Path) -> Iterator[str]:
+    env = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "SMS_PROVIDER": "twilio",
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": twilio_token,
+        "TWILIO_API_BASE_URL": fake_twilio.url,
+        "PUBLIC_BASE_URL": "https://sms.example.org",
+        "SEND_BUDGET_SECONDS": "2",
+    }
+    with local_host(env, log=host_log) as base:
+        yield base
+
+
+def test_outbound_reaches_twilio_and_answers_the_contract(twilio_app: str, fake_twilio: FakeHttpServer) -> None:
+    channel_definition_id = uuid.uuid4()
+    before = len(fake_twilio.requests)
+    with client(twilio_app) as http:
+        response = http.post("/api/outbound", json=payload_json(channel_definition_id, "e2e-1"))
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["Status"] == "Sent" and answer["RequestId"] == "e2e-1"
+    assert answer["ChannelDefinitionId"] == str(channel_definition_id)
+    sent = fake_twilio.requests[before:]
+    assert len(sent) == 1
+    form = sent[0].form()
+    assert form == {"To": CUSTOMER, "From": OUR_NUMBER, "Body": "Your appointment is tomorrow at 10:00",
+                    "StatusCallback": "https://sms.example.org/api/providers/twilio/delivery-reports"}
+    assert answer["MessageId"].startswith("SM")
+
+
+def test_concurrent_duplicates_over_http_send_once(twilio_app: str, fake_twilio: FakeHttpServer) -> None:
+    body = payload_json(uuid.uuid4(), "e2e-dup")
+    before = len(fake_twilio.requests)
+    with client(twilio_app) as http, ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda _: http.post("/api/outbound", json=body), range(16)))
+    assert [r.status_code for r in responses] == [200] * 16
+    assert len({r.json()["MessageId"] for r in responses}) == 1
+    assert len(fake_twilio.requests) - before == 1
+
+
+def test_custom_api_envelope_over_http(twilio_app: str) -> None:
+    body = payload_json(uuid.uuid4(), "e2e-envelope")
+    with client(twilio_app) as http:
+        response = http.post("/api/outbound", json={"payload": json.dumps(body)})
+    inner = json.loads(response.json()["response"])
+    assert inner["Status"] == "Sent" and inner["RequestId"] == "e2e-envelope"
+
+
+def test_opted_out_recipient_is_not_sent(twilio_app: str) -> None:
+    with client(twilio_app) as http:
+        response = http.post("/api/outbound", json=payload_json(uuid.uuid4(), "e2e-optout", to="+14155550610"))
+    assert response.status_code == 200 and response.json()["Status"] == "NotSent"
+
+
+def test_throttled_provider_gets_503_and_the_caller_may_retry(twilio_app: str, fake_twilio: FakeHttpServer) -> None:
+    body = payload_json(uuid.uuid4(), "e2e-throttled", to="+14155550429")
+    with client(twilio_app) as http:
+        response = http.post("/api/outbound", json=body)
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.json()["error"]["requestId"] == "e2e-throttled"
+
+
+def test_malformed_input_is_400_never_a_stack_trace(twilio_app: str) -> None:
+    with client(twilio_app) as http:
+        response = http.post("/api/outbound", content=b'{"RequestId": 1}', headers={"Content-Type": "application/json"})
+        wrong_method = http.get("/api/outbound")
+        unknown = http.get("/api/nothing-here")
+    assert response.status_code == 400
+    assert {f["field"] for f in response.json()["error"]["fields"]} >= {"ChannelDefinitionId", "RequestId", "To"}
+    assert "Traceback" not in response.text
+    assert (wrong_method.status_code, unknown.status_code) == (405, 404)
+
+
+def test_health_over_http(twilio_app: str) -> None:
+    with client(twilio_app) as http:
+        response = http.get("/api/health")
+    assert response.json() == {"status": "ok", "provider": "twilio", "storage": "reachable", "problems": []}
+
+
+def test_logs_hold_no_phone_numbers_or_secrets(twilio_app: str, host_log: Path, twilio_token: str) -> None:
+    with client(twilio_app) as http:
+        http.post("/api/outbound", json=payload_json(uuid.uuid4(), "e2e-logs"))
+    text = host_log.read_text(encoding="utf-8")
+    assert "RequestId=e2e-logs" in text
+    assert CUSTOMER not in text and twilio_token not in text
+
+
+def test_readme_curl_call_works_against_the_run_defaults(azurite: Azurite) -> None:
+    """The README's curl example, sent to the app as `scripts/run` starts it (simulator, example settings)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"curl -s -X POST http://localhost:7071/api/outbound[^\n]*\\\n\s*-H '([^']+)' \\\n\s*-d '([^']+)'",
+                      readme)
+    assert match, "README must show the curl call of /api/outbound"
+    settings = json.loads((ROOT / "local.settings.json.example").read_text(encoding="utf-8"))["Values"]
+    settings["AzureWebJobsStorage"] = azurite.connection_string
+    with local_host(settings) as base, client(base) as http:
+        name, value = match.group(1).split(": ", 1)
+        response = http.post("/api/outbound", content=match.group(2).encode(), headers={name: value})
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["Status"] == "Sent" and answer["MessageId"].startswith("SM")
