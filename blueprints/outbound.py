@@ -43,7 +43,8 @@ def parse_outbound(body: bytes, *, max_bytes: int) -> tuple[OutboundPayload, boo
     """Return the payload and whether it came in the custom API envelope."""
     if len(body) > max_bytes:
         raise InvalidRequest(
-            "PayloadTooLarge", f"the body is {len(body)} bytes; the limit is {max_bytes} (MAX_BODY_BYTES)",
+            "PayloadTooLarge",
+            f"the body is {len(body)} bytes; the limit is {max_bytes} (MAX_BODY_BYTES)",
             status_code=413,
         )
     document = _json(body, "the body")
@@ -55,8 +56,11 @@ def parse_outbound(body: bytes, *, max_bytes: int) -> tuple[OutboundPayload, boo
         elif isinstance(inner, dict):
             document = inner
         else:
-            raise InvalidRequest("InvalidPayload", "payload must be a string holding the payload JSON",
-                                 fields=({"field": "payload", "message": "must be a JSON string"},))
+            raise InvalidRequest(
+                "InvalidPayload",
+                "payload must be a string holding the payload JSON",
+                fields=({"field": "payload", "message": "must be a JSON string"},),
+            )
     if not isinstance(document, dict):
         raise InvalidRequest("InvalidPayload", "the payload must be a JSON object")
     try:
@@ -115,10 +119,20 @@ def blueprint(services: Services) -> func.Blueprint:
             return misconfigured(exc)
         except StorageUnavailable as exc:
             log.error("outbound RequestId=%s: %s; nothing sent", payload.request_id, exc)
-            return error_response(503, "StorageUnavailable", "send state storage is unreachable; nothing was sent, retry the same RequestId", retry_after=5)
+            return error_response(
+                503,
+                "StorageUnavailable",
+                "send state storage is unreachable; nothing was sent, retry the same RequestId",
+                retry_after=5,
+            )
         if not isinstance(outcome, SendOutcome):
-            return error_response(503, "TryAgainLater", outcome.reason, retry_after=outcome.retry_after,
-                                  requestId=payload.request_id)
+            return error_response(
+                503,
+                "TryAgainLater",
+                outcome.reason,
+                retry_after=outcome.retry_after,
+                requestId=payload.request_id,
+            )
         return render(payload, outcome, enveloped=enveloped)
 
     return bp

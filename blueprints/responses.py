@@ -11,7 +11,9 @@ import azure.functions as func
 from core.settings import ConfigurationError
 
 
-def json_response(body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+def json_response(
+    body: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> func.HttpResponse:
     return func.HttpResponse(
         json.dumps(body, ensure_ascii=False),
         status_code=status_code,

@@ -11,7 +11,7 @@ Per-recipient results (``value[0]``) and top-level answers:
 | 202, successful=false, httpStatusCode 400| NotSent InvalidRecipient                 |
 | 202, successful=false, 429 / 5xx         | transient                                |
 | 202, successful=false, other             | NotSent ProviderRejected                 |
-| HTTP 400 / 404 / 422                     | NotSent ProviderRejected (e.g. a From the resource does not own) |
+| HTTP 400 / 404 / 422                     | NotSent ProviderRejected (e.g. a foreign From) |
 | HTTP 401 / 403                           | transient (503): fix credentials or role |
 | HTTP 412 (repeatability window passed)   | ambiguous: the first attempt may have sent |
 | HTTP 429 / 5xx                           | transient, Retry-After honoured          |
@@ -127,9 +127,7 @@ class ManagedIdentityAuth(httpx.Auth):
             )
         return str(token)
 
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         token = await asyncio.to_thread(self._token)
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
@@ -226,7 +224,9 @@ def _failure(response: httpx.Response) -> Exception:
     if status == 412:
         return AmbiguousSendError("acs: repeatability window passed; the first attempt may have sent")
     return PermanentSendError(
-        NotSentReason.PROVIDER_REJECTED, f"acs: refused (HTTP {status}, {code or 'no code'})", provider_code=code
+        NotSentReason.PROVIDER_REJECTED,
+        f"acs: refused (HTTP {status}, {code or 'no code'})",
+        provider_code=code,
     )
 
 

@@ -79,6 +79,4 @@ def translate_transport_error(provider: str, exc: httpx.TransportError) -> Excep
     """Map an httpx transport failure to transient (nothing reached the provider) or ambiguous."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
         return TransientSendError(f"{provider}: could not connect ({type(exc).__name__})")
-    return AmbiguousSendError(
-        f"{provider}: no answer after the request was sent ({type(exc).__name__})"
-    )
+    return AmbiguousSendError(f"{provider}: no answer after the request was sent ({type(exc).__name__})")

@@ -43,9 +43,7 @@ class SendError(Exception):
 
 
 class PermanentSendError(SendError):
-    def __init__(
-        self, reason: NotSentReason, detail: str, *, provider_code: str | None = None
-    ) -> None:
+    def __init__(self, reason: NotSentReason, detail: str, *, provider_code: str | None = None) -> None:
         super().__init__(detail, provider_code=provider_code)
         self.reason = reason
 

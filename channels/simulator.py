@@ -40,7 +40,10 @@ class SimulatorSettings(BaseSettings):
     retry_after_seconds: float = Field(default=1.0, ge=0)
 
     @field_validator(
-        "reject_suffixes", "opted_out_suffixes", "transient_suffixes", "ambiguous_suffixes",
+        "reject_suffixes",
+        "opted_out_suffixes",
+        "transient_suffixes",
+        "ambiguous_suffixes",
         mode="before",
     )
     @classmethod
@@ -69,7 +72,9 @@ class SimulatorChannel:
             )
         if recipient.endswith(s.opted_out_suffixes):
             raise PermanentSendError(
-                NotSentReason.RECIPIENT_OPTED_OUT, "simulator: recipient opted out", provider_code="sim-optout"
+                NotSentReason.RECIPIENT_OPTED_OUT,
+                "simulator: recipient opted out",
+                provider_code="sim-optout",
             )
         if recipient.endswith(s.transient_suffixes):
             raise TransientSendError("simulator: temporarily unavailable", retry_after=s.retry_after_seconds)

@@ -14,8 +14,8 @@ Send errors by Twilio error code (https://www.twilio.com/docs/api/errors):
 | 21602 | body required                                 | NotSent EmptyMessage          |
 | 21617 | body over 1600 characters                     | NotSent TooManySegments       |
 | other | any other 4xx                                 | NotSent ProviderRejected      |
-| HTTP 401/403 | credentials refused                    | transient (503): fix settings, then the caller retries |
-| HTTP 429, 5xx | throttled or Twilio-side failure      | transient, Retry-After honoured |
+| 401/403 | credentials refused                         | transient (503) until fixed   |
+| 429, 5xx | throttled or failing on Twilio's side      | transient, Retry-After kept   |
 """
 
 from __future__ import annotations
@@ -63,9 +63,7 @@ class TwilioSettings(BaseSettings):
             if not (self.api_key_sid and self.api_key_secret):
                 raise ValueError("TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET go together")
         elif self.auth_token is None:
-            raise ValueError(
-                "set TWILIO_AUTH_TOKEN, or TWILIO_API_KEY_SID with TWILIO_API_KEY_SECRET"
-            )
+            raise ValueError("set TWILIO_AUTH_TOKEN, or TWILIO_API_KEY_SID with TWILIO_API_KEY_SECRET")
         return self
 
     def basic_auth(self) -> httpx.BasicAuth:
@@ -155,6 +153,12 @@ def _failure(response: httpx.Response) -> Exception:
             f"twilio: credentials refused (HTTP {status}); check TWILIO_ACCOUNT_SID and its secret",
             provider_code=code_text,
         )
-    reason = NOT_SENT_BY_ERROR_CODE.get(code, NotSentReason.PROVIDER_REJECTED) if isinstance(code, int) else NotSentReason.PROVIDER_REJECTED
+    reason = (
+        NOT_SENT_BY_ERROR_CODE.get(code, NotSentReason.PROVIDER_REJECTED)
+        if isinstance(code, int)
+        else NotSentReason.PROVIDER_REJECTED
+    )
     # Twilio's message text can quote the phone number: keep only the code.
-    return PermanentSendError(reason, f"twilio: refused with error {code_text or status}", provider_code=code_text)
+    return PermanentSendError(
+        reason, f"twilio: refused with error {code_text or status}", provider_code=code_text
+    )

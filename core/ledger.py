@@ -16,6 +16,7 @@ Both tables carry ``ExpiresAt``; :meth:`SendLedger.purge_expired` deletes what h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -169,10 +170,8 @@ class SendLedger:
     def _create_tables(self) -> None:
         try:
             for table in (self._sends, self._messages):
-                try:
+                with contextlib.suppress(ResourceExistsError):
                     table.create_table()
-                except ResourceExistsError:
-                    pass
         except AzureError as exc:
             raise StorageUnavailable(f"table storage: {type(exc).__name__}") from exc
 
@@ -198,9 +197,7 @@ class SendLedger:
 
     async def get(self, channel_definition_id: UUID, request_id: str) -> SendRecord | None:
         try:
-            entity = await self._call(
-                self._sends.get_entity, str(channel_definition_id), row_key(request_id)
-            )
+            entity = await self._call(self._sends.get_entity, str(channel_definition_id), row_key(request_id))
         except ResourceNotFoundError:
             return None
         return SendRecord.from_entity(entity)
@@ -270,13 +267,11 @@ class SendLedger:
         )
         deleted = 0
         rows = sorted((e["PartitionKey"], e["RowKey"]) for e in expired)
-        for partition, group in itertools.groupby(rows, key=lambda row: row[0]):
+        for _partition, group in itertools.groupby(rows, key=lambda row: row[0]):
             keys = list(group)
             for start in range(0, len(keys), 100):  # a transaction holds at most 100 operations
                 batch = keys[start : start + 100]
-                table.submit_transaction(
-                    [("delete", {"PartitionKey": pk, "RowKey": rk}) for pk, rk in batch]
-                )
+                table.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": rk}) for pk, rk in batch])
                 deleted += len(batch)
         return deleted
 

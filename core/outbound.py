@@ -112,7 +112,9 @@ class OutboundService:
         created, record = await self.ledger.claim(draft)
         while not created:
             if record.fingerprint != draft.fingerprint:
-                log.warning("RequestId reused with a different message; answering the first outcome %s", context)
+                log.warning(
+                    "RequestId reused with a different message; answering the first outcome %s", context
+                )
             decision = await self._resume(record, deadline)
             if isinstance(decision, (SendOutcome, TryAgainLater)):
                 return decision
@@ -211,7 +213,11 @@ class OutboundService:
             return SendOutcome(ChannelStatus.NOT_SENT, reason=exc.reason.value)
         except AmbiguousSendError as exc:
             await self.ledger.replace_if_unchanged(record, state=SendState.AMBIGUOUS, reason="Ambiguous")
-            log.warning("outcome unknown %s: %s; answering Sent without MessageId, never re-sending", context, exc.detail)
+            log.warning(
+                "outcome unknown %s: %s; answering Sent without MessageId, never re-sending",
+                context,
+                exc.detail,
+            )
             return SendOutcome(ChannelStatus.SENT)
         except TransientSendError as exc:
             await self.ledger.replace_if_unchanged(record, state=SendState.RETRYABLE, reason=exc.detail[:200])
@@ -273,4 +279,3 @@ def _log_context(payload: OutboundPayload, recipient: str | None) -> str:
         f"RequestId={payload.request_id} ChannelDefinitionId={payload.channel_definition_id} "
         f"To={mask(recipient or payload.to)}"
     )
-

@@ -59,7 +59,9 @@ def main() -> None:
     parser.add_argument("--module", default="function_app", help="module holding the FunctionApp `app`")
     parser.add_argument("--host-json", type=Path, default=Path("host.json"))
     args = parser.parse_args()
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     load_local_settings(Path.cwd() / "local.settings.json")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.module, args.host, args.port, args.host_json))

@@ -62,9 +62,20 @@ def http_routes(functions: list[Any], prefix: str) -> list[HttpRoute]:
         if not isinstance(trigger, HttpTrigger):
             continue
         template = trigger.route or function.get_function_name()
-        methods = frozenset(str(getattr(m, "value", m)).upper() for m in trigger.methods) if trigger.methods else None
-        routes.append(HttpRoute(function.get_function_name(), compile_route(prefix, template), methods,
-                                function.get_user_function(), trigger.name))
+        methods = (
+            frozenset(str(getattr(m, "value", m)).upper() for m in trigger.methods)
+            if trigger.methods
+            else None
+        )
+        routes.append(
+            HttpRoute(
+                function.get_function_name(),
+                compile_route(prefix, template),
+                methods,
+                function.get_user_function(),
+                trigger.name,
+            )
+        )
     return routes
 
 
@@ -112,12 +123,18 @@ class FunctionsAsgi:
         path, method = scope["path"], scope["method"].upper()
         matched = [(route, m) for route in self.routes if (m := route.pattern.match(path))]
         if not matched:
-            return func.HttpResponse('{"error":{"code":"NotFound","message":"no function at this path"}}',
-                                     status_code=404, mimetype="application/json")
+            return func.HttpResponse(
+                '{"error":{"code":"NotFound","message":"no function at this path"}}',
+                status_code=404,
+                mimetype="application/json",
+            )
         allowed = [(r, m) for r, m in matched if r.methods is None or method in r.methods]
         if not allowed:
-            return func.HttpResponse('{"error":{"code":"MethodNotAllowed","message":"method not allowed"}}',
-                                     status_code=405, mimetype="application/json")
+            return func.HttpResponse(
+                '{"error":{"code":"MethodNotAllowed","message":"method not allowed"}}',
+                status_code=405,
+                mimetype="application/json",
+            )
         route, match = allowed[0]
         host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "localhost")
         query = scope.get("query_string", b"").decode("latin-1")
@@ -133,8 +150,11 @@ class FunctionsAsgi:
             result = await invoke(route.handler, **{route.arg_name: request})
         except Exception:
             log.exception("function %s raised", route.name)
-            return func.HttpResponse('{"error":{"code":"InternalError","message":"the function failed"}}',
-                                     status_code=500, mimetype="application/json")
+            return func.HttpResponse(
+                '{"error":{"code":"InternalError","message":"the function failed"}}',
+                status_code=500,
+                mimetype="application/json",
+            )
         if isinstance(result, func.HttpResponse):
             return result
         return func.HttpResponse(str(result) if result is not None else "", status_code=200)

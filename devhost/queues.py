@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import azure.functions as func
 import azure.functions.queue
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.functions.decorators.queue import QueueTrigger
@@ -84,10 +84,8 @@ class QueueWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         for queue in (self.queue, self.poison):
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 await asyncio.to_thread(queue.create_queue)
-            except ResourceExistsError:
-                pass
         idle = 0.05
         while not stop.is_set():
             try:
@@ -97,26 +95,27 @@ class QueueWorker:
                 handled = 0
             idle = 0.05 if handled else min(idle * 2, self.options.max_polling_interval)
             if not handled:
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=idle)
-                except asyncio.TimeoutError:
-                    pass
 
     async def poll_once(self) -> int:
         visibility = max(int(self.options.visibility_timeout), 0)
         messages = await asyncio.to_thread(
-            lambda: list(self.queue.receive_messages(
-                messages_per_page=self.options.batch_size,
-                max_messages=self.options.batch_size,
-                visibility_timeout=max(visibility, 30),
-            ))
+            lambda: list(
+                self.queue.receive_messages(
+                    messages_per_page=self.options.batch_size,
+                    max_messages=self.options.batch_size,
+                    visibility_timeout=max(visibility, 30),
+                )
+            )
         )
         await asyncio.gather(*(self._handle(m, visibility) for m in messages))
         return len(messages)
 
     async def _handle(self, message: QueueMessage, visibility: int) -> None:
         body = decode_body(message)
-        if message.dequeue_count and message.dequeue_count > self.options.max_dequeue_count:
+        dequeue_count = message.dequeue_count or 1
+        if dequeue_count > self.options.max_dequeue_count:
             await self._to_poison(message, body)
             return
         queue_message = azure.functions.queue.QueueMessage(
@@ -130,8 +129,10 @@ class QueueWorker:
         try:
             await invoke(self.handler, **{self.arg_name: queue_message})
         except Exception:
-            log.exception("function %s failed on message %s (dequeue %s)", self.name, message.id, message.dequeue_count)
-            if message.dequeue_count >= self.options.max_dequeue_count:
+            log.exception(
+                "function %s failed on message %s (dequeue %s)", self.name, message.id, message.dequeue_count
+            )
+            if dequeue_count >= self.options.max_dequeue_count:
                 await self._to_poison(message, body)
             else:
                 await asyncio.to_thread(self.queue.update_message, message, visibility_timeout=visibility)

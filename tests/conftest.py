@@ -71,8 +71,14 @@ def channel_definition_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
-def payload_json(channel_definition_id: uuid.UUID, request_id: str | None = None, *, to: str = CUSTOMER,
-                 text: str = "Your appointment is tomorrow at 10:00", **extra: object) -> dict[str, object]:
+def payload_json(
+    channel_definition_id: uuid.UUID,
+    request_id: str | None = None,
+    *,
+    to: str = CUSTOMER,
+    text: str = "Your appointment is tomorrow at 10:00",
+    **extra: object,
+) -> dict[str, object]:
     body: dict[str, object] = {
         "ChannelDefinitionId": str(channel_definition_id),
         "RequestId": request_id or str(uuid.uuid4()),

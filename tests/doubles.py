@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import timedelta
 from typing import ClassVar
 
@@ -21,9 +20,12 @@ class ScriptedChannel:
         self.script = list(script)
         self.requests: list[SendRequest] = []
         self.hold = hold
+        #: Set once a send has reached the provider call.
+        self.entered = asyncio.Event()
 
     async def send(self, request: SendRequest) -> SendReceipt:
         self.requests.append(request)
+        self.entered.set()
         if self.hold is not None:
             await self.hold.wait()
         outcome = self.script.pop(0) if len(self.script) > 1 else self.script[0]
@@ -42,7 +44,7 @@ class IdempotentScriptedChannel(ScriptedChannel):
 class RecordingSleep:
     """Records requested sleeps and returns at once (the retry policy is under test, not time)."""
 
-    def __init__(self, then: Callable[[float], object] | None = None) -> None:
+    def __init__(self) -> None:
         self.calls: list[float] = []
 
     async def __call__(self, seconds: float) -> None:

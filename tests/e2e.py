@@ -23,12 +23,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_host(env: Mapping[str, str], *, module: str = "function_app", host_json: Path | None = None,
-               log: Path | None = None) -> Iterator[str]:
+def local_host(
+    env: Mapping[str, str],
+    *,
+    module: str = "function_app",
+    host_json: Path | None = None,
+    log: Path | None = None,
+) -> Iterator[str]:
     """Start ``python -m devhost`` with exactly ``env`` (plus PATH and CA settings); yield its base URL."""
     port = free_port()
-    child_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
-                                                               "LANG", "SYSTEMROOT")}
+    child_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in ("PATH", "HOME", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "LANG", "SYSTEMROOT")
+    }
     child_env.update(env)
     child_env["PYTHONUNBUFFERED"] = "1"
     command = [sys.executable, "-m", "devhost", "--port", str(port), "--module", module]

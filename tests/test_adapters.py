@@ -26,12 +26,19 @@ ACCOUNT_SID = "AC" + "1" * 32
 
 
 def send_request(recipient: str = CUSTOMER, text: str = "Hello from the journey") -> SendRequest:
-    return SendRequest(request_id="req-42", channel_definition_id=uuid.uuid4(), sender=OUR_NUMBER,
-                       recipient=recipient, text=text, idempotency_key=uuid.uuid4(),
-                       first_attempt_at=datetime.now(timezone.utc))
+    return SendRequest(
+        request_id="req-42",
+        channel_definition_id=uuid.uuid4(),
+        sender=OUR_NUMBER,
+        recipient=recipient,
+        text=text,
+        idempotency_key=uuid.uuid4(),
+        first_attempt_at=datetime.now(timezone.utc),
+    )
 
 
 # -- Twilio -----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def twilio_token() -> str:
@@ -46,9 +53,12 @@ def fake_twilio(twilio_token: str) -> Iterator[FakeHttpServer]:
 
 @pytest.fixture
 async def twilio(fake_twilio: FakeHttpServer, twilio_token: str) -> AsyncIterator[TwilioChannel]:
-    settings = TwilioSettings(account_sid=ACCOUNT_SID, auth_token=SecretStr(twilio_token),
-                              api_base_url=fake_twilio.url)  # type: ignore[arg-type]
-    channel = TwilioChannel(settings, status_callback_url="https://sms.example.org/api/providers/twilio/delivery-reports")
+    settings = TwilioSettings(
+        account_sid=ACCOUNT_SID, auth_token=SecretStr(twilio_token), api_base_url=fake_twilio.url
+    )  # type: ignore[arg-type]
+    channel = TwilioChannel(
+        settings, status_callback_url="https://sms.example.org/api/providers/twilio/delivery-reports"
+    )
     yield channel
     await channel.aclose()
 
@@ -60,48 +70,70 @@ async def test_twilio_send_posts_what_the_official_sdk_posts(
 
     sdk = TwilioClient(ACCOUNT_SID, twilio_token)
     sdk.api.base_url = fake_twilio.url
-    sdk_message = sdk.messages.create(to=CUSTOMER, from_=OUR_NUMBER, body="Grüße 👋",
-                                      status_callback="https://sms.example.org/api/providers/twilio/delivery-reports")
+    sdk_message = sdk.messages.create(
+        to=CUSTOMER,
+        from_=OUR_NUMBER,
+        body="Grüße 👋",
+        status_callback="https://sms.example.org/api/providers/twilio/delivery-reports",
+    )
 
     ours, theirs = fake_twilio.requests
     assert receipt == SendReceipt(message_id="SM" + "0" * 32, provider_status="queued")
     assert sdk_message.sid == "SM" + "0" * 31 + "1"
     assert (ours.method, ours.path) == (theirs.method, theirs.path)
     assert ours.form() == theirs.form()
-    assert ours.headers["content-type"] == theirs.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert (
+        ours.headers["content-type"] == theirs.headers["content-type"] == "application/x-www-form-urlencoded"
+    )
 
 
 async def test_twilio_messaging_service_replaces_from(fake_twilio: FakeHttpServer, twilio_token: str) -> None:
-    settings = TwilioSettings(account_sid=ACCOUNT_SID, auth_token=SecretStr(twilio_token),
-                              messaging_service_sid="MG" + "2" * 32, api_base_url=fake_twilio.url)  # type: ignore[arg-type]
+    settings = TwilioSettings(
+        account_sid=ACCOUNT_SID,
+        auth_token=SecretStr(twilio_token),
+        messaging_service_sid="MG" + "2" * 32,
+        api_base_url=fake_twilio.url,
+    )  # type: ignore[arg-type]
     channel = TwilioChannel(settings)
     try:
         await channel.send(send_request())
     finally:
         await channel.aclose()
     form = fake_twilio.requests[0].form()
-    assert form["MessagingServiceSid"] == "MG" + "2" * 32 and "From" not in form and "StatusCallback" not in form
+    assert (
+        form["MessagingServiceSid"] == "MG" + "2" * 32 and "From" not in form and "StatusCallback" not in form
+    )
 
 
 async def test_twilio_api_key_auth(fake_twilio: FakeHttpServer) -> None:
-    settings = TwilioSettings(account_sid=ACCOUNT_SID, api_key_sid="SK" + "3" * 32,
-                              api_key_secret=SecretStr("s"), api_base_url=fake_twilio.url)  # type: ignore[arg-type]
+    settings = TwilioSettings(
+        account_sid=ACCOUNT_SID,
+        api_key_sid="SK" + "3" * 32,
+        api_key_secret=SecretStr("s"),
+        api_base_url=fake_twilio.url,
+    )  # type: ignore[arg-type]
     channel = TwilioChannel(settings)
     try:
         with pytest.raises(TransientSendError, match="credentials refused"):
             await channel.send(send_request())
     finally:
         await channel.aclose()
-    assert fake_twilio.requests[0].headers["authorization"] == "Basic " + base64.b64encode(
-        f"SK{'3' * 32}:s".encode()).decode()
+    assert (
+        fake_twilio.requests[0].headers["authorization"]
+        == "Basic " + base64.b64encode(f"SK{'3' * 32}:s".encode()).decode()
+    )
 
 
-@pytest.mark.parametrize("suffix, reason, code", [
-    ("0610", NotSentReason.RECIPIENT_OPTED_OUT, "21610"),
-    ("0211", NotSentReason.INVALID_RECIPIENT, "21211"),
-])
-async def test_twilio_permanent_rejections(twilio: TwilioChannel, suffix: str, reason: NotSentReason,
-                                           code: str) -> None:
+@pytest.mark.parametrize(
+    "suffix, reason, code",
+    [
+        ("0610", NotSentReason.RECIPIENT_OPTED_OUT, "21610"),
+        ("0211", NotSentReason.INVALID_RECIPIENT, "21211"),
+    ],
+)
+async def test_twilio_permanent_rejections(
+    twilio: TwilioChannel, suffix: str, reason: NotSentReason, code: str
+) -> None:
     with pytest.raises(PermanentSendError) as caught:
         await twilio.send(send_request(recipient="+1415555" + suffix))
     assert (caught.value.reason, caught.value.provider_code) == (reason, code)
@@ -117,13 +149,17 @@ async def test_twilio_throttling_and_server_errors_are_transient(twilio: TwilioC
 
 
 async def test_twilio_unreachable_is_transient_and_no_answer_is_ambiguous(twilio_token: str) -> None:
-    closed = TwilioChannel(TwilioSettings(account_sid=ACCOUNT_SID, auth_token=SecretStr(twilio_token),
-                                          api_base_url="http://127.0.0.1:9"))  # type: ignore[arg-type]
+    closed = TwilioChannel(
+        TwilioSettings(
+            account_sid=ACCOUNT_SID, auth_token=SecretStr(twilio_token), api_base_url="http://127.0.0.1:9"
+        )
+    )  # type: ignore[arg-type]
     with pytest.raises(TransientSendError, match="could not connect"):
         await closed.send(send_request())
     await closed.aclose()
 
     import threading
+
     release = threading.Event()
 
     def never_answers(_: object) -> Reply:
@@ -131,8 +167,12 @@ async def test_twilio_unreachable_is_transient_and_no_answer_is_ambiguous(twilio
         return Reply(201, {"sid": "SMlate"})
 
     with FakeHttpServer(never_answers) as slow:
-        channel = TwilioChannel(TwilioSettings(account_sid=ACCOUNT_SID, auth_token=SecretStr(twilio_token),
-                                               api_base_url=slow.url), timeout=0.3)  # type: ignore[arg-type]
+        channel = TwilioChannel(
+            TwilioSettings(
+                account_sid=ACCOUNT_SID, auth_token=SecretStr(twilio_token), api_base_url=slow.url
+            ),
+            timeout=0.3,
+        )  # type: ignore[arg-type]
         try:
             with pytest.raises(AmbiguousSendError):
                 await channel.send(send_request())
@@ -142,6 +182,7 @@ async def test_twilio_unreachable_is_transient_and_no_answer_is_ambiguous(twilio
 
 
 # -- Azure Communication Services --------------------------------------------------------------
+
 
 @pytest.fixture
 def acs_key() -> bytes:
@@ -160,7 +201,9 @@ def acs_connection_string(url: str, key: bytes) -> str:
 
 @pytest.fixture
 async def acs(fake_acs: FakeHttpServer, acs_key: bytes) -> AsyncIterator[AcsChannel]:
-    channel = AcsChannel(AcsSettings(connection_string=SecretStr(acs_connection_string(fake_acs.url, acs_key))))
+    channel = AcsChannel(
+        AcsSettings(connection_string=SecretStr(acs_connection_string(fake_acs.url, acs_key)))
+    )
     yield channel
     await channel.aclose()
 
@@ -172,21 +215,30 @@ async def test_acs_send_is_signed_and_shaped_like_the_official_sdk(
     receipt = await acs.send(request)
 
     sdk = SmsClient.from_connection_string(acs_connection_string(fake_acs.url, acs_key))
-    [sdk_result] = sdk.send(from_=OUR_NUMBER, to=CUSTOMER, message="Hello from the journey",
-                            enable_delivery_report=True, tag="req-42")
+    [sdk_result] = sdk.send(
+        from_=OUR_NUMBER,
+        to=CUSTOMER,
+        message="Hello from the journey",
+        enable_delivery_report=True,
+        tag="req-42",
+    )
 
     ours, theirs = fake_acs.requests
     assert receipt.message_id.startswith("Outgoing_") and sdk_result.successful  # both passed the HMAC check
     assert ours.target == theirs.target == "/sms?api-version=2021-03-07"
     ours_body, theirs_body = ours.json(), theirs.json()
     for body in (ours_body, theirs_body):
-        del body["smsRecipients"][0]["repeatabilityRequestId"], body["smsRecipients"][0]["repeatabilityFirstSent"]
+        del (
+            body["smsRecipients"][0]["repeatabilityRequestId"],
+            body["smsRecipients"][0]["repeatabilityFirstSent"],
+        )
     assert ours_body == theirs_body
     assert ours.json()["smsRecipients"][0]["repeatabilityRequestId"] == str(request.idempotency_key)
 
 
-async def test_acs_resend_of_the_same_request_is_answered_from_the_first(acs: AcsChannel,
-                                                                         fake_acs: FakeHttpServer) -> None:
+async def test_acs_resend_of_the_same_request_is_answered_from_the_first(
+    acs: AcsChannel, fake_acs: FakeHttpServer
+) -> None:
     request = send_request()
     first, again = await acs.send(request), await acs.send(request)
     assert first == again
@@ -206,7 +258,9 @@ async def test_acs_rejected_recipient_is_permanent_and_throttling_transient(acs:
 
 
 async def test_acs_wrong_key_is_refused(fake_acs: FakeHttpServer) -> None:
-    channel = AcsChannel(AcsSettings(connection_string=SecretStr(acs_connection_string(fake_acs.url, b"wrong"))))
+    channel = AcsChannel(
+        AcsSettings(connection_string=SecretStr(acs_connection_string(fake_acs.url, b"wrong")))
+    )
     try:
         with pytest.raises(TransientSendError, match="credentials refused"):
             await channel.send(send_request())
@@ -222,14 +276,24 @@ async def test_acs_managed_identity_gets_one_token_from_the_app_service_endpoint
 
     def identity_endpoint(request: object) -> Reply:
         from tests.fakes.http import Recorded
+
         assert isinstance(request, Recorded)
         if request.headers.get("x-identity-header") != identity_secret:
             return Reply(401, {"error": "unauthorized"})
-        return Reply(200, {"access_token": token, "expires_on": str(int(datetime.now().timestamp()) + 3600),
-                           "resource": request.query["resource"][0], "token_type": "Bearer"})
+        return Reply(
+            200,
+            {
+                "access_token": token,
+                "expires_on": str(int(datetime.now().timestamp()) + 3600),
+                "resource": request.query["resource"][0],
+                "token_type": "Bearer",
+            },
+        )
 
-    with FakeHttpServer(identity_endpoint) as identity, FakeHttpServer(
-        FakeAcs(b"", bearer_token=token), tls=trust_test_ca.server_context()) as fake:
+    with (
+        FakeHttpServer(identity_endpoint) as identity,
+        FakeHttpServer(FakeAcs(b"", bearer_token=token), tls=trust_test_ca.server_context()) as fake,
+    ):
         monkeypatch.setenv("IDENTITY_ENDPOINT", f"{identity.url}/msi/token")
         monkeypatch.setenv("IDENTITY_HEADER", identity_secret)
         channel = AcsChannel(AcsSettings(endpoint=fake.url))  # type: ignore[arg-type]

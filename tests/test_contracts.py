@@ -20,27 +20,46 @@ GUID = "3F2504E0-4F89-11D3-9A0C-0305E82C3301"
 
 
 def test_outbound_payload_reads_the_wire_names_and_ignores_unknown_fields() -> None:
-    payload = OutboundPayload.model_validate({
-        "ChannelDefinitionId": GUID, "RequestId": "r-1", "From": "+14155550100", "To": "+14155550123",
-        "Message": {"text": "hi"}, "Unexpected": {"nested": 1},
-        "MarketingAppContext": {"CustomerJourneyId": None, "UserId": None, "UserEntityType": None,
-                                "IsTestSend": True},
-    })
+    payload = OutboundPayload.model_validate(
+        {
+            "ChannelDefinitionId": GUID,
+            "RequestId": "r-1",
+            "From": "+14155550100",
+            "To": "+14155550123",
+            "Message": {"text": "hi"},
+            "Unexpected": {"nested": 1},
+            "MarketingAppContext": {
+                "CustomerJourneyId": None,
+                "UserId": None,
+                "UserEntityType": None,
+                "IsTestSend": True,
+            },
+        }
+    )
     assert payload.channel_definition_id == uuid.UUID(GUID)
     assert payload.from_ == "+14155550100"
     assert payload.is_test_send
     assert "Unexpected" not in payload.model_dump(by_alias=True)
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"ChannelDefinitionId": "not-a-guid"}, "ChannelDefinitionId"),
-    ({"RequestId": ""}, "RequestId"),
-    ({"Message": {"text": 5}}, "Message.text"),
-    ({"Message": "hi"}, "Message"),
-    ({"To": None}, "To"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"ChannelDefinitionId": "not-a-guid"}, "ChannelDefinitionId"),
+        ({"RequestId": ""}, "RequestId"),
+        ({"Message": {"text": 5}}, "Message.text"),
+        ({"Message": "hi"}, "Message"),
+        ({"To": None}, "To"),
+    ],
+)
 def test_outbound_payload_names_the_offending_field(change: dict[str, object], field: str) -> None:
-    document = {"ChannelDefinitionId": GUID, "RequestId": "r-1", "From": "a", "To": "b", "Message": {"text": "x"}}
+    document = {
+        "ChannelDefinitionId": GUID,
+        "RequestId": "r-1",
+        "From": "a",
+        "To": "b",
+        "Message": {"text": "x"},
+    }
     document.update(change)
     with pytest.raises(ValidationError) as caught:
         OutboundPayload.model_validate(document)
@@ -48,36 +67,63 @@ def test_outbound_payload_names_the_offending_field(change: dict[str, object], f
 
 
 def test_outbound_response_serializes_lowercase_guid_and_omits_missing_message_id() -> None:
-    sent = OutboundResponse(channel_definition_id=uuid.UUID(GUID), request_id="r-1",
-                            message_id="SM1", status=ChannelStatus.SENT)
-    assert sent.to_wire() == {"ChannelDefinitionId": GUID.lower(), "MessageId": "SM1",
-                              "RequestId": "r-1", "Status": "Sent"}
-    not_sent = OutboundResponse(channel_definition_id=uuid.UUID(GUID), request_id="r-2",
-                                status=ChannelStatus.NOT_SENT)
-    assert json.loads(not_sent.to_wire_json()) == {"ChannelDefinitionId": GUID.lower(), "RequestId": "r-2",
-                                                   "Status": "NotSent"}
+    sent = OutboundResponse(
+        channel_definition_id=uuid.UUID(GUID), request_id="r-1", message_id="SM1", status=ChannelStatus.SENT
+    )
+    assert sent.to_wire() == {
+        "ChannelDefinitionId": GUID.lower(),
+        "MessageId": "SM1",
+        "RequestId": "r-1",
+        "Status": "Sent",
+    }
+    not_sent = OutboundResponse(
+        channel_definition_id=uuid.UUID(GUID), request_id="r-2", status=ChannelStatus.NOT_SENT
+    )
+    assert json.loads(not_sent.to_wire_json()) == {
+        "ChannelDefinitionId": GUID.lower(),
+        "RequestId": "r-2",
+        "Status": "NotSent",
+    }
 
 
 def test_notification_payload_carries_status_details_and_details() -> None:
     notification = NotificationPayload(
-        channel_definition_id=uuid.UUID(GUID), request_id="r-1", message_id="SM1", from_="+14155550100",
-        organization_id="org", status=ChannelStatus.NOT_DELIVERED,
+        channel_definition_id=uuid.UUID(GUID),
+        request_id="r-1",
+        message_id="SM1",
+        from_="+14155550100",
+        organization_id="org",
+        status=ChannelStatus.NOT_DELIVERED,
         status_details={"ProviderStatus": "undelivered", "ErrorCode": "30003"},
         details=NotificationDetails(reason="Unreachable", message="handset off"),
     )
     assert notification.to_wire() == {
-        "ChannelDefinitionId": GUID.lower(), "RequestId": "r-1", "MessageId": "SM1", "From": "+14155550100",
-        "OrganizationId": "org", "Status": "NotDelivered",
+        "ChannelDefinitionId": GUID.lower(),
+        "RequestId": "r-1",
+        "MessageId": "SM1",
+        "From": "+14155550100",
+        "OrganizationId": "org",
+        "Status": "NotDelivered",
         "StatusDetails": {"ProviderStatus": "undelivered", "ErrorCode": "30003"},
         "Details": {"Reason": "Unreachable", "Message": "handset off"},
     }
 
 
 def test_inbound_payload_wire_names() -> None:
-    inbound = InboundPayload(channel_definition_id=uuid.UUID(GUID), to="+14155550100", from_="+14155550123",
-                             organization_id="org", message={"text": "STOP"})
-    assert inbound.to_wire() == {"ChannelDefinitionId": GUID.lower(), "To": "+14155550100",
-                                 "From": "+14155550123", "OrganizationId": "org", "Message": {"text": "STOP"}}
+    inbound = InboundPayload(
+        channel_definition_id=uuid.UUID(GUID),
+        to="+14155550100",
+        from_="+14155550123",
+        organization_id="org",
+        message={"text": "STOP"},
+    )
+    assert inbound.to_wire() == {
+        "ChannelDefinitionId": GUID.lower(),
+        "To": "+14155550100",
+        "From": "+14155550123",
+        "OrganizationId": "org",
+        "Message": {"text": "STOP"},
+    }
 
 
 @pytest.mark.parametrize("stem", sorted(CONTRACTS))

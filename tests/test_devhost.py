@@ -42,8 +42,20 @@ def test_http_route_parameters_and_query(azurite: Azurite, tmp_path: Path) -> No
 def test_queue_trigger_runs_and_failures_end_in_the_poison_queue(azurite: Azurite, tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     host_json = tmp_path / "host.json"
-    host_json.write_text(json.dumps({"version": "2.0", "extensions": {"queues": {
-        "maxDequeueCount": 2, "visibilityTimeout": "00:00:00", "maxPollingInterval": "00:00:01"}}}))
+    host_json.write_text(
+        json.dumps(
+            {
+                "version": "2.0",
+                "extensions": {
+                    "queues": {
+                        "maxDequeueCount": 2,
+                        "visibilityTimeout": "00:00:00",
+                        "maxPollingInterval": "00:00:01",
+                    }
+                },
+            }
+        )
+    )
     queue = QueueClient.from_connection_string(azurite.connection_string, "devhost-sample")
     poison = QueueClient.from_connection_string(azurite.connection_string, "devhost-sample-poison")
     env = {"AzureWebJobsStorage": azurite.connection_string, "SAMPLE_OUT": str(out)}

@@ -38,7 +38,9 @@ def host_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def twilio_app(azurite: Azurite, fake_twilio: FakeHttpServer, twilio_token: str, host_log: Path) -> Iterator[str]:
+def twilio_app(
+    azurite: Azurite, fake_twilio: FakeHttpServer, twilio_token: str, host_log: Path
+) -> Iterator[str]:
     env = {
         "AzureWebJobsStorage": azurite.connection_string,
         "SMS_PROVIDER": "twilio",
@@ -52,7 +54,9 @@ def twilio_app(azurite: Azurite, fake_twilio: FakeHttpServer, twilio_token: str,
         yield base
 
 
-def test_outbound_reaches_twilio_and_answers_the_contract(twilio_app: str, fake_twilio: FakeHttpServer) -> None:
+def test_outbound_reaches_twilio_and_answers_the_contract(
+    twilio_app: str, fake_twilio: FakeHttpServer
+) -> None:
     channel_definition_id = uuid.uuid4()
     before = len(fake_twilio.requests)
     with client(twilio_app) as http:
@@ -64,8 +68,12 @@ def test_outbound_reaches_twilio_and_answers_the_contract(twilio_app: str, fake_
     sent = fake_twilio.requests[before:]
     assert len(sent) == 1
     form = sent[0].form()
-    assert form == {"To": CUSTOMER, "From": OUR_NUMBER, "Body": "Your appointment is tomorrow at 10:00",
-                    "StatusCallback": "https://sms.example.org/api/providers/twilio/delivery-reports"}
+    assert form == {
+        "To": CUSTOMER,
+        "From": OUR_NUMBER,
+        "Body": "Your appointment is tomorrow at 10:00",
+        "StatusCallback": "https://sms.example.org/api/providers/twilio/delivery-reports",
+    }
     assert answer["MessageId"].startswith("SM")
 
 
@@ -89,11 +97,15 @@ def test_custom_api_envelope_over_http(twilio_app: str) -> None:
 
 def test_opted_out_recipient_is_not_sent(twilio_app: str) -> None:
     with client(twilio_app) as http:
-        response = http.post("/api/outbound", json=payload_json(uuid.uuid4(), "e2e-optout", to="+14155550610"))
+        response = http.post(
+            "/api/outbound", json=payload_json(uuid.uuid4(), "e2e-optout", to="+14155550610")
+        )
     assert response.status_code == 200 and response.json()["Status"] == "NotSent"
 
 
-def test_throttled_provider_gets_503_and_the_caller_may_retry(twilio_app: str, fake_twilio: FakeHttpServer) -> None:
+def test_throttled_provider_gets_503_and_the_caller_may_retry(
+    twilio_app: str, fake_twilio: FakeHttpServer
+) -> None:
     body = payload_json(uuid.uuid4(), "e2e-throttled", to="+14155550429")
     with client(twilio_app) as http:
         response = http.post("/api/outbound", json=body)
@@ -104,11 +116,17 @@ def test_throttled_provider_gets_503_and_the_caller_may_retry(twilio_app: str, f
 
 def test_malformed_input_is_400_never_a_stack_trace(twilio_app: str) -> None:
     with client(twilio_app) as http:
-        response = http.post("/api/outbound", content=b'{"RequestId": 1}', headers={"Content-Type": "application/json"})
+        response = http.post(
+            "/api/outbound", content=b'{"RequestId": 1}', headers={"Content-Type": "application/json"}
+        )
         wrong_method = http.get("/api/outbound")
         unknown = http.get("/api/nothing-here")
     assert response.status_code == 400
-    assert {f["field"] for f in response.json()["error"]["fields"]} >= {"ChannelDefinitionId", "RequestId", "To"}
+    assert {f["field"] for f in response.json()["error"]["fields"]} >= {
+        "ChannelDefinitionId",
+        "RequestId",
+        "To",
+    }
     assert "Traceback" not in response.text
     assert (wrong_method.status_code, unknown.status_code) == (405, 404)
 
@@ -130,8 +148,10 @@ def test_logs_hold_no_phone_numbers_or_secrets(twilio_app: str, host_log: Path, 
 def test_readme_curl_call_works_against_the_run_defaults(azurite: Azurite) -> None:
     """The README's curl example, sent to the app as `scripts/run` starts it (simulator, example settings)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"curl -s -X POST http://localhost:7071/api/outbound[^\n]*\\\n\s*-H '([^']+)' \\\n\s*-d '([^']+)'",
-                      readme)
+    match = re.search(
+        r"curl -s -X POST http://localhost:7071/api/outbound[^\n]*\\\n\s*-H '([^']+)' \\\n\s*-d '([^']+)'",
+        readme,
+    )
     assert match, "README must show the curl call of /api/outbound"
     settings = json.loads((ROOT / "local.settings.json.example").read_text(encoding="utf-8"))["Values"]
     settings["AzureWebJobsStorage"] = azurite.connection_string

@@ -30,9 +30,16 @@ def function(bp: func.Blueprint, name: str) -> Handler:
 
 
 def post(body: bytes | str | dict[str, Any]) -> func.HttpRequest:
-    raw = json.dumps(body).encode() if isinstance(body, dict) else body.encode() if isinstance(body, str) else body
-    return func.HttpRequest("POST", "http://localhost/api/outbound", body=raw,
-                            headers={"Content-Type": "application/json"})
+    raw = (
+        json.dumps(body).encode()
+        if isinstance(body, dict)
+        else body.encode()
+        if isinstance(body, str)
+        else body
+    )
+    return func.HttpRequest(
+        "POST", "http://localhost/api/outbound", body=raw, headers={"Content-Type": "application/json"}
+    )
 
 
 @pytest.fixture
@@ -42,8 +49,9 @@ def channel() -> ScriptedChannel:
 
 @pytest.fixture
 async def services(azurite: Azurite, channel: ScriptedChannel) -> AsyncIterator[Services]:
-    settings = AppSettings(AzureWebJobsStorage=azurite.connection_string, MAX_SEGMENTS=2,
-                           SEND_BUDGET_SECONDS=0.5)  # type: ignore[call-arg]
+    settings = AppSettings(
+        AzureWebJobsStorage=azurite.connection_string, MAX_SEGMENTS=2, SEND_BUDGET_SECONDS=0.5
+    )  # type: ignore[call-arg]
     built = Services(lambda: settings, channel_factory=lambda _: channel)
     yield built
     await built.aclose()
@@ -62,30 +70,60 @@ async def test_sent_answers_the_response_contract(send: Handler, channel_definit
     body = payload_json(channel_definition_id, "REQ-1")
     response = await send(post(body))
     assert response.status_code == 200 and response.mimetype == "application/json"
-    assert answer(response) == {"ChannelDefinitionId": str(channel_definition_id), "MessageId": "SM-http",
-                                "RequestId": "REQ-1", "Status": "Sent"}
+    assert answer(response) == {
+        "ChannelDefinitionId": str(channel_definition_id),
+        "MessageId": "SM-http",
+        "RequestId": "REQ-1",
+        "Status": "Sent",
+    }
 
 
-async def test_custom_api_envelope_is_answered_in_the_envelope(send: Handler, channel_definition_id: uuid.UUID) -> None:
+async def test_custom_api_envelope_is_answered_in_the_envelope(
+    send: Handler, channel_definition_id: uuid.UUID
+) -> None:
     body = payload_json(channel_definition_id, "REQ-2")
     body["ChannelDefinitionId"] = str(channel_definition_id).upper()
     response = await send(post({"payload": json.dumps(body)}))
     assert response.status_code == 200
     envelope = answer(response)
     assert set(envelope) == {"response"} and isinstance(envelope["response"], str)
-    assert json.loads(envelope["response"]) == {"ChannelDefinitionId": str(channel_definition_id),
-                                                "MessageId": "SM-http", "RequestId": "REQ-2", "Status": "Sent"}
+    assert json.loads(envelope["response"]) == {
+        "ChannelDefinitionId": str(channel_definition_id),
+        "MessageId": "SM-http",
+        "RequestId": "REQ-2",
+        "Status": "Sent",
+    }
 
 
-@pytest.mark.parametrize("body, fields", [
-    ({"RequestId": "r", "From": "+14155550100", "To": "+14155550123", "Message": {"text": "x"}},
-     ["ChannelDefinitionId"]),
-    ({"ChannelDefinitionId": "nope", "RequestId": 5, "From": "+14155550100", "To": "+14155550123",
-      "Message": {"text": "x"}}, ["ChannelDefinitionId", "RequestId"]),
-    ({"ChannelDefinitionId": str(uuid.uuid4()), "RequestId": "r", "From": "+14155550100", "Message": ["x"]},
-     ["Message", "To"]),
-    ({"payload": 42}, ["payload"]),
-])
+@pytest.mark.parametrize(
+    "body, fields",
+    [
+        (
+            {"RequestId": "r", "From": "+14155550100", "To": "+14155550123", "Message": {"text": "x"}},
+            ["ChannelDefinitionId"],
+        ),
+        (
+            {
+                "ChannelDefinitionId": "nope",
+                "RequestId": 5,
+                "From": "+14155550100",
+                "To": "+14155550123",
+                "Message": {"text": "x"},
+            },
+            ["ChannelDefinitionId", "RequestId"],
+        ),
+        (
+            {
+                "ChannelDefinitionId": str(uuid.uuid4()),
+                "RequestId": "r",
+                "From": "+14155550100",
+                "Message": ["x"],
+            },
+            ["Message", "To"],
+        ),
+        ({"payload": 42}, ["payload"]),
+    ],
+)
 async def test_malformed_payload_gets_400_naming_each_field(
     send: Handler, channel: ScriptedChannel, body: dict[str, Any], fields: list[str]
 ) -> None:
@@ -97,65 +135,86 @@ async def test_malformed_payload_gets_400_naming_each_field(
     assert channel.requests == []
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    ("{not json", "the body is not JSON"),
-    (b"\xff\xfe", "not UTF-8"),
-    ('{"payload": "{broken"}', "payload is not JSON"),
-    ("[1, 2]", "must be a JSON object"),
-])
-async def test_not_json_gets_400(send: Handler, channel: ScriptedChannel, raw: str | bytes, fragment: str) -> None:
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ("{not json", "the body is not JSON"),
+        (b"\xff\xfe", "not UTF-8"),
+        ('{"payload": "{broken"}', "payload is not JSON"),
+        ("[1, 2]", "must be a JSON object"),
+    ],
+)
+async def test_not_json_gets_400(
+    send: Handler, channel: ScriptedChannel, raw: str | bytes, fragment: str
+) -> None:
     response = await send(post(raw))
     assert response.status_code == 400
     assert fragment in answer(response)["error"]["message"]
     assert channel.requests == []
 
 
-async def test_oversized_body_is_refused(send: Handler, channel: ScriptedChannel,
-                                         channel_definition_id: uuid.UUID) -> None:
+async def test_oversized_body_is_refused(
+    send: Handler, channel: ScriptedChannel, channel_definition_id: uuid.UUID
+) -> None:
     response = await send(post(payload_json(channel_definition_id, text="x" * 70_000)))
     assert response.status_code == 413
     assert "MAX_BODY_BYTES" in answer(response)["error"]["message"]
     assert channel.requests == []
 
 
-@pytest.mark.parametrize("change", [{"To": "12"}, {"Message": {"text": ""}}, {"Message": {"text": "x" * 400}}])
-async def test_business_rejection_is_200_not_sent(send: Handler, channel: ScriptedChannel,
-                                                  channel_definition_id: uuid.UUID, change: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "change", [{"To": "12"}, {"Message": {"text": ""}}, {"Message": {"text": "x" * 400}}]
+)
+async def test_business_rejection_is_200_not_sent(
+    send: Handler, channel: ScriptedChannel, channel_definition_id: uuid.UUID, change: dict[str, Any]
+) -> None:
     body = payload_json(channel_definition_id, "REQ-3")
     body.update(change)
     response = await send(post(body))
     assert response.status_code == 200
-    assert answer(response) == {"ChannelDefinitionId": str(channel_definition_id), "RequestId": "REQ-3",
-                                "Status": "NotSent"}
+    assert answer(response) == {
+        "ChannelDefinitionId": str(channel_definition_id),
+        "RequestId": "REQ-3",
+        "Status": "NotSent",
+    }
     assert channel.requests == []
 
 
-async def test_transient_failure_gets_503_with_retry_after(send: Handler, channel: ScriptedChannel,
-                                                           channel_definition_id: uuid.UUID) -> None:
+async def test_transient_failure_gets_503_with_retry_after(
+    send: Handler, channel: ScriptedChannel, channel_definition_id: uuid.UUID
+) -> None:
     channel.script = [TransientSendError("HTTP 503", retry_after=7)]
     response = await send(post(payload_json(channel_definition_id, "REQ-4")))
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "7"
-    assert answer(response)["error"] == {"code": "TryAgainLater", "requestId": "REQ-4",
-                                         "message": "the SMS provider is unavailable; retry the same RequestId"}
+    assert answer(response)["error"] == {
+        "code": "TryAgainLater",
+        "requestId": "REQ-4",
+        "message": "the SMS provider is unavailable; retry the same RequestId",
+    }
 
     channel.script = [SendReceipt("SM-later")]
     retried = await send(post(payload_json(channel_definition_id, "REQ-4")))
     assert answer(retried)["Status"] == "Sent" and answer(retried)["MessageId"] == "SM-later"
 
 
-async def test_ambiguous_outcome_answers_sent_without_message_id(send: Handler, channel: ScriptedChannel,
-                                                                 channel_definition_id: uuid.UUID) -> None:
+async def test_ambiguous_outcome_answers_sent_without_message_id(
+    send: Handler, channel: ScriptedChannel, channel_definition_id: uuid.UUID
+) -> None:
     channel.script = [AmbiguousSendError("read timeout")]
     for _ in range(2):
         response = await send(post(payload_json(channel_definition_id, "REQ-5")))
-        assert answer(response) == {"ChannelDefinitionId": str(channel_definition_id), "RequestId": "REQ-5",
-                                    "Status": "Sent"}
+        assert answer(response) == {
+            "ChannelDefinitionId": str(channel_definition_id),
+            "RequestId": "REQ-5",
+            "Status": "Sent",
+        }
     assert len(channel.requests) == 1
 
 
-async def test_misconfiguration_names_the_setting(channel_definition_id: uuid.UUID,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+async def test_misconfiguration_names_the_setting(
+    channel_definition_id: uuid.UUID, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken() -> AppSettings:
         raise ConfigurationError([SettingProblem("TWILIO_AUTH_TOKEN", "Field required")])
 
@@ -168,9 +227,13 @@ async def test_misconfiguration_names_the_setting(channel_definition_id: uuid.UU
     assert "TWILIO_AUTH_TOKEN" in caplog.text and "Traceback" not in response.get_body().decode()
 
 
-async def test_unreachable_storage_gets_503(channel: ScriptedChannel, channel_definition_id: uuid.UUID) -> None:
-    settings = AppSettings(AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-                           "AccountKey=a2V5;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;")  # type: ignore[call-arg]
+async def test_unreachable_storage_gets_503(
+    channel: ScriptedChannel, channel_definition_id: uuid.UUID
+) -> None:
+    settings = AppSettings(
+        AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        "AccountKey=a2V5;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+    )  # type: ignore[call-arg]
     services = Services(lambda: settings, channel_factory=lambda _: channel)
     send = function(outbound.blueprint(services), "outbound")
     response = await send(post(payload_json(channel_definition_id)))
@@ -183,11 +246,17 @@ async def test_health_reports_provider_and_storage(services: Services) -> None:
     check = function(health.blueprint(services), "health")
     response = await check(func.HttpRequest("GET", "http://localhost/api/health", body=b""))
     assert response.status_code == 200
-    assert answer(response) == {"status": "ok", "provider": "simulator", "storage": "reachable", "problems": []}
+    assert answer(response) == {
+        "status": "ok",
+        "provider": "simulator",
+        "storage": "reachable",
+        "problems": [],
+    }
 
 
-async def test_health_names_bad_settings_without_their_values(monkeypatch: pytest.MonkeyPatch,
-                                                               azurite: Azurite) -> None:
+async def test_health_names_bad_settings_without_their_values(
+    monkeypatch: pytest.MonkeyPatch, azurite: Azurite
+) -> None:
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
     monkeypatch.setenv("SMS_PROVIDER", "twilio")
     monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC-not-a-sid-secretish")
@@ -210,8 +279,11 @@ async def test_health_names_bad_settings_without_their_values(monkeypatch: pytes
 
 
 async def test_health_reports_unreachable_storage(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AzureWebJobsStorage", "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-                       "AccountKey=a2V5;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;")
+    monkeypatch.setenv(
+        "AzureWebJobsStorage",
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        "AccountKey=a2V5;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;",
+    )
     check = function(health.blueprint(Services()), "health")
     response = await check(func.HttpRequest("GET", "http://localhost/api/health", body=b""))
     assert response.status_code == 503 and answer(response)["storage"] == "unreachable"

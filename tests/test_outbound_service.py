@@ -19,13 +19,26 @@ from tests.conftest import CUSTOMER, payload_json
 from tests.doubles import IdempotentScriptedChannel, RecordingSleep, ScriptedChannel
 
 
-def make_service(ledger: SendLedger, channel: ScriptedChannel, *, budget: float = 8.0,
-                 sleep: RecordingSleep | None = None, max_segments: int = 3) -> OutboundService:
-    return OutboundService(channel=channel, ledger=ledger, max_segments=max_segments,
-                           send_budget_seconds=budget, sleep=sleep or RecordingSleep())
+def make_service(
+    ledger: SendLedger,
+    channel: ScriptedChannel,
+    *,
+    budget: float = 8.0,
+    sleep: RecordingSleep | None = None,
+    max_segments: int = 3,
+) -> OutboundService:
+    return OutboundService(
+        channel=channel,
+        ledger=ledger,
+        max_segments=max_segments,
+        send_budget_seconds=budget,
+        sleep=sleep or RecordingSleep(),
+    )
 
 
-def payload(channel_definition_id: uuid.UUID, request_id: str | None = None, **kwargs: object) -> OutboundPayload:
+def payload(
+    channel_definition_id: uuid.UUID, request_id: str | None = None, **kwargs: object
+) -> OutboundPayload:
     return OutboundPayload.model_validate(payload_json(channel_definition_id, request_id, **kwargs))
 
 
@@ -45,21 +58,25 @@ async def test_sent_is_recorded_for_delivery_reports_and_repeats_do_not_send_aga
     message = await ledger.find_message("scripted", "SM-1")
     assert message is not None
     assert (message.request_id, message.channel_definition_id, message.sender) == (
-        "req-1", channel_definition_id, request.from_)
+        "req-1",
+        channel_definition_id,
+        request.from_,
+    )
     record = await ledger.get(channel_definition_id, "req-1")
     assert record is not None and record.state is SendState.SENT and record.segments == 1
     assert record.expires_at - datetime.now(timezone.utc) > timedelta(days=29)
 
 
-async def test_concurrent_duplicates_send_exactly_once(ledger: SendLedger, channel_definition_id: uuid.UUID) -> None:
+async def test_concurrent_duplicates_send_exactly_once(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
     hold = asyncio.Event()
     channel = ScriptedChannel(SendReceipt("SM-2"), hold=hold)
     service = OutboundService(channel=channel, ledger=ledger, max_segments=3, send_budget_seconds=8.0)
     request = payload(channel_definition_id, "req-concurrent")
 
     calls = [asyncio.create_task(service.send(request)) for _ in range(12)]
-    while not channel.requests:  # the winner is inside the provider call; the others must wait
-        await asyncio.sleep(0.01)
+    await channel.entered.wait()  # the winner is inside the provider call; the others must wait
     hold.set()
     outcomes = await asyncio.gather(*calls)
 
@@ -75,15 +92,21 @@ async def test_request_id_is_scoped_by_channel_definition(ledger: SendLedger) ->
     assert len(channel.requests) == 2
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"to": "not a number"}, NotSentReason.INVALID_RECIPIENT),
-    ({"to": "+44 123"}, NotSentReason.INVALID_RECIPIENT),
-    ({"text": "   "}, NotSentReason.EMPTY_MESSAGE),
-    ({"text": "x" * (153 * 3 + 1)}, NotSentReason.TOO_MANY_SEGMENTS),
-    ({"text": "ł" * (67 * 3 + 1)}, NotSentReason.TOO_MANY_SEGMENTS),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"to": "not a number"}, NotSentReason.INVALID_RECIPIENT),
+        ({"to": "+44 123"}, NotSentReason.INVALID_RECIPIENT),
+        ({"text": "   "}, NotSentReason.EMPTY_MESSAGE),
+        ({"text": "x" * (153 * 3 + 1)}, NotSentReason.TOO_MANY_SEGMENTS),
+        ({"text": "ł" * (67 * 3 + 1)}, NotSentReason.TOO_MANY_SEGMENTS),
+    ],
+)
 async def test_business_rejections_answer_not_sent_without_calling_the_provider(
-    ledger: SendLedger, channel_definition_id: uuid.UUID, change: dict[str, str], reason: NotSentReason,
+    ledger: SendLedger,
+    channel_definition_id: uuid.UUID,
+    change: dict[str, str],
+    reason: NotSentReason,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     channel = ScriptedChannel(SendReceipt("never"))
@@ -97,7 +120,9 @@ async def test_business_rejections_answer_not_sent_without_calling_the_provider(
     assert f"reason={reason.value}" in caplog.text and "RequestId=rejected-1" in caplog.text
 
 
-async def test_message_without_text_part_is_not_sent(ledger: SendLedger, channel_definition_id: uuid.UUID) -> None:
+async def test_message_without_text_part_is_not_sent(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
     channel = ScriptedChannel(SendReceipt("never"))
     document = payload_json(channel_definition_id, "no-text")
     document["Message"] = {"subject": "hello"}
@@ -107,7 +132,9 @@ async def test_message_without_text_part_is_not_sent(ledger: SendLedger, channel
 
 
 async def test_provider_rejection_is_final(ledger: SendLedger, channel_definition_id: uuid.UUID) -> None:
-    channel = ScriptedChannel(PermanentSendError(NotSentReason.RECIPIENT_OPTED_OUT, "opted out", provider_code="21610"))
+    channel = ScriptedChannel(
+        PermanentSendError(NotSentReason.RECIPIENT_OPTED_OUT, "opted out", provider_code="21610")
+    )
     service = make_service(ledger, channel)
     request = payload(channel_definition_id, "optout")
 
@@ -119,8 +146,9 @@ async def test_provider_rejection_is_final(ledger: SendLedger, channel_definitio
 async def test_transient_failures_are_retried_honouring_retry_after(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
-    channel = ScriptedChannel(TransientSendError("429", retry_after=2.5), TransientSendError("503"),
-                              SendReceipt("SM-3"))
+    channel = ScriptedChannel(
+        TransientSendError("429", retry_after=2.5), TransientSendError("503"), SendReceipt("SM-3")
+    )
     sleep = RecordingSleep()
     outcome = await make_service(ledger, channel, sleep=sleep).send(payload(channel_definition_id))
 
@@ -143,7 +171,9 @@ async def test_still_failing_within_the_budget_answers_try_again_and_a_repeat_se
 
     channel.script = [SendReceipt("SM-4")]
     attempts_before = len(channel.requests)
-    assert await make_service(ledger, channel).send(request) == SendOutcome(ChannelStatus.SENT, message_id="SM-4")
+    assert await make_service(ledger, channel).send(request) == SendOutcome(
+        ChannelStatus.SENT, message_id="SM-4"
+    )
     assert len(channel.requests) == attempts_before + 1
 
 
@@ -179,24 +209,31 @@ async def test_ambiguous_outcome_is_retried_when_the_provider_deduplicates(
     outcome = await make_service(ledger, channel).send(payload(channel_definition_id))
     assert outcome == SendOutcome(ChannelStatus.SENT, message_id="acs-1")
     first, second = channel.requests
-    assert (first.idempotency_key, first.first_attempt_at) == (second.idempotency_key, second.first_attempt_at)
+    assert (first.idempotency_key, first.first_attempt_at) == (
+        second.idempotency_key,
+        second.first_attempt_at,
+    )
 
 
-async def _crashed_mid_send(ledger: SendLedger, channel_definition_id: uuid.UUID, request_id: str,
-                            first_attempt_ago: timedelta) -> None:
+async def _crashed_mid_send(
+    ledger: SendLedger, channel_definition_id: uuid.UUID, request_id: str, first_attempt_ago: timedelta
+) -> None:
     """Leave the row a process that died inside the provider call leaves behind."""
-    hold = asyncio.Event()
-    service = make_service(ledger, ScriptedChannel(SendReceipt("lost"), hold=hold))
-    task = asyncio.create_task(service.send(payload(channel_definition_id, request_id)))
-    while (record := await ledger.get(channel_definition_id, request_id)) is None:
-        await asyncio.sleep(0.01)
+    channel = ScriptedChannel(SendReceipt("lost"), hold=asyncio.Event())
+    task = asyncio.create_task(make_service(ledger, channel).send(payload(channel_definition_id, request_id)))
+    await channel.entered.wait()
     task.cancel()
+    record = await ledger.get(channel_definition_id, request_id)
+    assert record is not None and record.state is SendState.SENDING
     now = datetime.now(timezone.utc)
-    await ledger.replace_if_unchanged(record, lease_until=now - timedelta(seconds=1),
-                                      first_attempt_at=now - first_attempt_ago)
+    await ledger.replace_if_unchanged(
+        record, lease_until=now - timedelta(seconds=1), first_attempt_at=now - first_attempt_ago
+    )
 
 
-async def test_send_interrupted_by_a_crash_is_not_repeated(ledger: SendLedger, channel_definition_id: uuid.UUID) -> None:
+async def test_send_interrupted_by_a_crash_is_not_repeated(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
     await _crashed_mid_send(ledger, channel_definition_id, "crashed", timedelta(seconds=20))
     channel = ScriptedChannel(SendReceipt("SM-second"))
 
@@ -219,7 +256,8 @@ async def test_send_interrupted_by_a_crash_is_resumed_inside_the_providers_repea
     await _crashed_mid_send(ledger, channel_definition_id, "too-late", timedelta(minutes=10))
     late = IdempotentScriptedChannel(SendReceipt("acs-3"))
     assert await make_service(ledger, late).send(payload(channel_definition_id, "too-late")) == SendOutcome(
-        ChannelStatus.SENT)
+        ChannelStatus.SENT
+    )
     assert late.requests == []
 
 
@@ -241,7 +279,9 @@ async def test_test_sends_are_logged_and_sent(
     caplog.set_level(logging.INFO, "sms.outbound")
     channel = ScriptedChannel(SendReceipt("SM-6"))
     request = payload(channel_definition_id, "test-send", MarketingAppContext={"IsTestSend": True})
-    assert await make_service(ledger, channel).send(request) == SendOutcome(ChannelStatus.SENT, message_id="SM-6")
+    assert await make_service(ledger, channel).send(request) == SendOutcome(
+        ChannelStatus.SENT, message_id="SM-6"
+    )
     assert "test send RequestId=test-send" in caplog.text
     record = await ledger.get(channel_definition_id, "test-send")
     assert record is not None and record.is_test_send
@@ -256,15 +296,20 @@ async def test_logs_mask_the_recipient(
 
 
 async def test_unreachable_storage_sends_nothing(channel_definition_id: uuid.UUID) -> None:
-    dead = SendLedger("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
-                      "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;", retention=timedelta(days=1))
+    dead = SendLedger(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;",
+        retention=timedelta(days=1),
+    )
     channel = ScriptedChannel(SendReceipt("never"))
     with pytest.raises(StorageUnavailable):
         await make_service(dead, channel).send(payload(channel_definition_id))
     assert channel.requests == []
 
 
-async def test_retention_purges_only_expired_records(ledger: SendLedger, channel_definition_id: uuid.UUID) -> None:
+async def test_retention_purges_only_expired_records(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
     service = make_service(ledger, ScriptedChannel(SendReceipt("SM-old"), SendReceipt("SM-new")))
     await service.send(payload(channel_definition_id, "old"))
     await service.send(payload(channel_definition_id, "new"))

@@ -11,7 +11,9 @@ from pathlib import Path
 from core.settings import AZURITE_ACCOUNT_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
-LISTENING = re.compile(r"Azurite (Blob|Queue|Table) service is successfully listening at http://127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(
+    r"Azurite (Blob|Queue|Table) service is successfully listening at http://127\.0\.0\.1:(\d+)"
+)
 
 
 @dataclass
@@ -42,9 +44,22 @@ def start_azurite(timeout: float = 60.0) -> Azurite:
     if not binary.exists():
         raise RuntimeError("Azurite is not installed: run scripts/setup (npm ci)")
     process = subprocess.Popen(
-        [str(binary), "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck",
-         "--blobPort", "0", "--queuePort", "0", "--tablePort", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        [
+            str(binary),
+            "--inMemoryPersistence",
+            "--disableTelemetry",
+            "--skipApiVersionCheck",
+            "--blobPort",
+            "0",
+            "--queuePort",
+            "0",
+            "--tablePort",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
     )
     ports: dict[str, int] = {}
     ready = threading.Event()

@@ -87,8 +87,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
-        recorded = Recorded(self.command, self.path, parts.path, parse_qs(parts.query, keep_blank_values=True),
-                            {k.lower(): v for k, v in self.headers.items()}, body)
+        recorded = Recorded(
+            self.command,
+            self.path,
+            parts.path,
+            parse_qs(parts.query, keep_blank_values=True),
+            {k.lower(): v for k, v in self.headers.items()},
+            body,
+        )
         with self.server.lock:
             self.server.requests.append(recorded)
         reply = self.server.handler(recorded)

@@ -34,20 +34,34 @@ class FakeTwilio:
         form = request.form()
         to = form.get("To", "")
         if to.endswith("0429"):
-            return Reply(429, {"code": 20429, "message": "Too Many Requests", "status": 429},
-                         {"Retry-After": self.retry_after})
+            return Reply(
+                429,
+                {"code": 20429, "message": "Too Many Requests", "status": 429},
+                {"Retry-After": self.retry_after},
+            )
         if to.endswith("0500"):
             return Reply(500, {"code": 20500, "message": "Internal Server Error", "status": 500})
         if to.endswith("0610"):
-            return Reply(400, {"code": 21610, "message": f"Attempt to send to unsubscribed recipient {to}",
-                               "status": 400})
+            return Reply(
+                400,
+                {"code": 21610, "message": f"Attempt to send to unsubscribed recipient {to}", "status": 400},
+            )
         if to.endswith("0211"):
             return Reply(400, {"code": 21211, "message": f"The 'To' number {to} is not valid", "status": 400})
         with self._lock:
             sid = f"SM{next(self._ids):032x}"
-        return Reply(201, {"sid": sid, "status": "queued", "to": to, "from": form.get("From"),
-                           "body": form.get("Body"), "account_sid": self.account_sid,
-                           "messaging_service_sid": form.get("MessagingServiceSid")})
+        return Reply(
+            201,
+            {
+                "sid": sid,
+                "status": "queued",
+                "to": to,
+                "from": form.get("From"),
+                "body": form.get("Body"),
+                "account_sid": self.account_sid,
+                "messaging_service_sid": form.get("MessagingServiceSid"),
+            },
+        )
 
 
 def acs_signature_valid(request: Recorded, access_key: bytes) -> bool:
@@ -55,12 +69,14 @@ def acs_signature_valid(request: Recorded, access_key: bytes) -> bool:
     content_hash = base64.b64encode(hashlib.sha256(request.body).digest()).decode()
     if request.headers.get("x-ms-content-sha256") != content_hash:
         return False
-    to_sign = f"{request.method}\n{request.target}\n{request.headers.get('x-ms-date')};" \
-              f"{request.headers.get('host')};{content_hash}"
+    to_sign = (
+        f"{request.method}\n{request.target}\n{request.headers.get('x-ms-date')};"
+        f"{request.headers.get('host')};{content_hash}"
+    )
     expected = base64.b64encode(hmac.new(access_key, to_sign.encode(), hashlib.sha256).digest()).decode()
     authorization = request.headers.get("authorization", "")
     prefix = "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature="
-    return authorization.startswith(prefix) and hmac.compare_digest(authorization[len(prefix):], expected)
+    return authorization.startswith(prefix) and hmac.compare_digest(authorization[len(prefix) :], expected)
 
 
 @dataclass
@@ -75,7 +91,8 @@ class FakeAcs:
     def __call__(self, request: Recorded) -> Reply:
         authorized = (
             request.headers.get("authorization") == f"Bearer {self.bearer_token}"
-            if self.bearer_token else acs_signature_valid(request, self.access_key)
+            if self.bearer_token
+            else acs_signature_valid(request, self.access_key)
         )
         if not authorized:
             return Reply(401, {"error": {"code": "Denied", "message": "Denied by the resource provider."}})
@@ -85,7 +102,9 @@ class FakeAcs:
         recipient = body["smsRecipients"][0]
         to = recipient["to"]
         if to.endswith("0429"):
-            return Reply(429, {"error": {"code": "TooManyRequests", "message": "throttled"}}, {"Retry-After": "1"})
+            return Reply(
+                429, {"error": {"code": "TooManyRequests", "message": "throttled"}}, {"Retry-After": "1"}
+            )
         if to.endswith("0500"):
             return Reply(503, {"error": {"code": "ServiceUnavailable", "message": "try later"}})
         repeatability = recipient.get("repeatabilityRequestId")
@@ -93,11 +112,21 @@ class FakeAcs:
             if repeatability and repeatability in self.seen:
                 return Reply(202, {"value": [self.seen[repeatability]]})
             if to.endswith(("0211", "0610")):
-                result: dict[str, object] = {"to": to, "httpStatusCode": 400, "repeatabilityResult": "accepted",
-                                             "successful": False, "errorMessage": "Invalid To phone number."}
+                result: dict[str, object] = {
+                    "to": to,
+                    "httpStatusCode": 400,
+                    "repeatabilityResult": "accepted",
+                    "successful": False,
+                    "errorMessage": "Invalid To phone number.",
+                }
             else:
-                result = {"to": to, "messageId": f"Outgoing_{next(self._ids):020d}", "httpStatusCode": 202,
-                          "repeatabilityResult": "accepted", "successful": True}
+                result = {
+                    "to": to,
+                    "messageId": f"Outgoing_{next(self._ids):020d}",
+                    "httpStatusCode": 202,
+                    "repeatabilityResult": "accepted",
+                    "successful": True,
+                }
             if repeatability:
                 self.seen[repeatability] = result
         return Reply(202, {"value": [result]})
