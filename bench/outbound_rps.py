@@ -70,7 +70,7 @@ def main() -> None:
     try:
         with local_host(settings) as base:
             asyncio.run(load(base, outbound, 50))  # warm up: tables created, connections open
-            health_time, health_latencies = asyncio.run(load(base, health, REQUESTS))
+            health_time, _ = asyncio.run(load(base, health, REQUESTS))
             send_time, send_latencies = asyncio.run(load(base, outbound, REQUESTS))
     finally:
         azurite.stop()

@@ -114,11 +114,11 @@ def compare(
     sdk_sequential(sdk, WARMUP)
     for mode, count in (("sequential", SEQUENTIAL), (f"{CONCURRENCY} concurrent", CONCURRENT)):
         if mode == "sequential":
-            ours_wall, ours_cpu = timed(lambda: ours_sequential(ours, loop, count), count)
-            sdk_wall, sdk_cpu = timed(lambda: sdk_sequential(sdk, count), count)
+            ours_wall, ours_cpu = timed(lambda count=count: ours_sequential(ours, loop, count), count)
+            sdk_wall, sdk_cpu = timed(lambda count=count: sdk_sequential(sdk, count), count)
         else:
-            ours_wall, ours_cpu = timed(lambda: ours_concurrent(ours, loop, count), count)
-            sdk_wall, sdk_cpu = timed(lambda: sdk_concurrent(sdk, count), count)
+            ours_wall, ours_cpu = timed(lambda count=count: ours_concurrent(ours, loop, count), count)
+            sdk_wall, sdk_cpu = timed(lambda count=count: sdk_concurrent(sdk, count), count)
         for figure, ours_value, sdk_value in (("wall", ours_wall, sdk_wall), ("cpu", ours_cpu, sdk_cpu)):
             emit(
                 "per_send",
