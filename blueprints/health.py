@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import azure.functions as func
 
 from blueprints.responses import json_response
 from core.ledger import StorageUnavailable
 from core.services import Services
 from core.settings import ConfigurationError, SettingProblem
+
+log = logging.getLogger("sms.health")
 
 
 def blueprint(services: Services) -> func.Blueprint:
@@ -32,6 +36,8 @@ def blueprint(services: Services) -> func.Blueprint:
         except StorageUnavailable:
             storage = "unreachable"
         healthy = not problems and storage == "reachable"
+        if not healthy:
+            log.warning("unhealthy: storage %s; settings: %s", storage, "; ".join(map(str, problems)) or "ok")
         body = {
             "status": "ok" if healthy else "unhealthy",
             "provider": provider,

@@ -32,7 +32,7 @@ import httpx
 from pydantic import Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from channels.base import SendReceipt, SendRequest, parse_retry_after, translate_transport_error
+from channels.base import SendReceipt, SendRequest, transient_http_failure, translate_transport_error
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
 from core.settings import AppSettings, load
 
@@ -210,17 +210,11 @@ def _recipient_result(response: httpx.Response) -> SendReceipt:
 def _failure(response: httpx.Response) -> Exception:
     status = response.status_code
     code = _error_code(response)
-    if status == 429 or status >= 500:
-        return TransientSendError(
-            f"acs: HTTP {status}",
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            provider_code=code,
-        )
-    if status in (401, 403):
-        return TransientSendError(
-            f"acs: credentials refused (HTTP {status}); check ACS_CONNECTION_STRING or the identity's role",
-            provider_code=code,
-        )
+    common = transient_http_failure(
+        "acs", response, provider_code=code, credentials="ACS_CONNECTION_STRING or the identity's role"
+    )
+    if common is not None:
+        return common
     if status == 412:
         return AmbiguousSendError("acs: repeatability window passed; the first attempt may have sent")
     return PermanentSendError(

@@ -18,7 +18,14 @@ import httpx
 
 from channels.errors import AmbiguousSendError, TransientSendError
 
-__all__ = ["SendReceipt", "SendRequest", "SmsChannel", "parse_retry_after", "translate_transport_error"]
+__all__ = [
+    "SendReceipt",
+    "SendRequest",
+    "SmsChannel",
+    "parse_retry_after",
+    "transient_http_failure",
+    "translate_transport_error",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,3 +87,26 @@ def translate_transport_error(provider: str, exc: httpx.TransportError) -> Excep
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
         return TransientSendError(f"{provider}: could not connect ({type(exc).__name__})")
     return AmbiguousSendError(f"{provider}: no answer after the request was sent ({type(exc).__name__})")
+
+
+def transient_http_failure(
+    provider: str, response: httpx.Response, *, provider_code: str | None, credentials: str
+) -> TransientSendError | None:
+    """The HTTP answers every provider shares: throttling and server errors, refused credentials.
+
+    Refused credentials are an operator's fix away, so they are transient for the caller (503) rather
+    than NotSent for the journey. ``credentials`` names the settings to check.
+    """
+    status = response.status_code
+    if status == 429 or status >= 500:
+        return TransientSendError(
+            f"{provider}: HTTP {status}",
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            provider_code=provider_code,
+        )
+    if status in (401, 403):
+        return TransientSendError(
+            f"{provider}: credentials refused (HTTP {status}); check {credentials}",
+            provider_code=provider_code,
+        )
+    return None

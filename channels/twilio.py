@@ -27,7 +27,7 @@ import httpx
 from pydantic import Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from channels.base import SendReceipt, SendRequest, parse_retry_after, translate_transport_error
+from channels.base import SendReceipt, SendRequest, transient_http_failure, translate_transport_error
 from channels.errors import NotSentReason, PermanentSendError, TransientSendError
 from core.settings import AppSettings, load
 
@@ -142,17 +142,11 @@ def _failure(response: httpx.Response) -> Exception:
     body = _json(response)
     code = body.get("code")
     code_text = str(code) if code is not None else None
-    if status == 429 or status >= 500:
-        return TransientSendError(
-            f"twilio: HTTP {status}",
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            provider_code=code_text,
-        )
-    if status in (401, 403):
-        return TransientSendError(
-            f"twilio: credentials refused (HTTP {status}); check TWILIO_ACCOUNT_SID and its secret",
-            provider_code=code_text,
-        )
+    common = transient_http_failure(
+        "twilio", response, provider_code=code_text, credentials="TWILIO_ACCOUNT_SID and its secret"
+    )
+    if common is not None:
+        return common
     reason = (
         NOT_SENT_BY_ERROR_CODE.get(code, NotSentReason.PROVIDER_REJECTED)
         if isinstance(code, int)
