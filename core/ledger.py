@@ -16,6 +16,7 @@ Both tables carry ``ExpiresAt``; :meth:`SendLedger.purge_expired` deletes what h
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import contextlib
 import itertools
 from dataclasses import dataclass, replace
@@ -134,9 +135,16 @@ class MessageRecord:
     expires_at: datetime
 
 
+#: Table keys hold at most 1 KiB; longer encodings are replaced by a digest of the value.
+MAX_ROW_KEY_LENGTH = 512
+
+
 def row_key(value: str) -> str:
     """Table keys may not hold / \\ # ? or control characters: percent-encode them."""
-    return quote(value, safe="")
+    encoded = quote(value, safe="")
+    if len(encoded) <= MAX_ROW_KEY_LENGTH:
+        return encoded
+    return "sha256-" + hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
 def _utc(value: datetime) -> datetime:

@@ -327,3 +327,20 @@ async def test_retention_purges_only_expired_records(
     assert await ledger.find_message("scripted", "SM-old") is None
     assert await ledger.get(channel_definition_id, "new") is not None
     assert await ledger.find_message("scripted", "SM-new") is not None
+
+
+@pytest.mark.parametrize("request_id", ["a/b\\c#d?e%f", "tab\there", "🙂" * 256])
+async def test_any_request_id_is_a_valid_storage_key(
+    ledger: SendLedger, channel_definition_id: uuid.UUID, request_id: str
+) -> None:
+    channel = ScriptedChannel(SendReceipt("SM-key"))
+    service = make_service(ledger, channel)
+    assert await service.send(payload(channel_definition_id, request_id)) == SendOutcome(
+        ChannelStatus.SENT, message_id="SM-key"
+    )
+    assert await service.send(payload(channel_definition_id, request_id)) == SendOutcome(
+        ChannelStatus.SENT, message_id="SM-key"
+    )
+    assert len(channel.requests) == 1
+    record = await ledger.get(channel_definition_id, request_id)
+    assert record is not None and record.request_id == request_id
