@@ -16,8 +16,8 @@ Both tables carry ``ExpiresAt``; :meth:`SendLedger.purge_expired` deletes what h
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import contextlib
+import hashlib
 import itertools
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
