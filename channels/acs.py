@@ -14,7 +14,8 @@ Per-recipient results (``value[0]``) and top-level answers:
 | HTTP 400 / 404 / 422                     | NotSent ProviderRejected (e.g. a foreign From) |
 | HTTP 401 / 403                           | transient (503): fix credentials or role |
 | HTTP 412 (repeatability window passed)   | ambiguous: the first attempt may have sent |
-| HTTP 429 / 5xx                           | transient, Retry-After honoured          |
+| HTTP 429 / 503                           | transient, Retry-After honoured          |
+| HTTP 500 / 502 / 504                     | ambiguous: re-sent with the same repeatability id |
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import httpx
 from pydantic import Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from channels.base import SendReceipt, SendRequest, transient_http_failure, translate_transport_error
+from channels.base import SendReceipt, SendRequest, common_http_failure, translate_http_error
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
 from core.settings import AppSettings, load
 
@@ -119,7 +120,10 @@ class ManagedIdentityAuth(httpx.Auth):
                 else msal.SystemAssignedManagedIdentity()
             )
             self._client = msal.ManagedIdentityClient(identity, http_client=requests.Session())
-        result = self._client.acquire_token_for_client(resource=ACS_RESOURCE)
+        try:
+            result = self._client.acquire_token_for_client(resource=ACS_RESOURCE)
+        except Exception as exc:  # msal and requests raise many types; no request reached ACS yet
+            raise TransientSendError(f"acs: managed identity unreachable ({type(exc).__name__})") from None
         token = result.get("access_token")
         if not token:
             raise TransientSendError(
@@ -183,8 +187,8 @@ class AcsChannel:
             response = await self._http.post(
                 "/sms", params={"api-version": self.settings.api_version}, json=body
             )
-        except httpx.TransportError as exc:
-            raise translate_transport_error(self.name, exc) from exc
+        except httpx.HTTPError as exc:
+            raise translate_http_error(self.name, exc) from exc
         if response.status_code in (200, 202):
             return _recipient_result(response)
         raise _failure(response)
@@ -200,7 +204,10 @@ def _recipient_result(response: httpx.Response) -> SendReceipt:
         raise AmbiguousSendError("acs: accepted answer without a recipient result") from None
     if result.get("successful") and result.get("messageId"):
         return SendReceipt(message_id=str(result["messageId"]), provider_status="accepted")
-    status = int(result.get("httpStatusCode") or 0)
+    try:
+        status = int(result.get("httpStatusCode") or 0)
+    except (TypeError, ValueError):
+        status = 0
     if status == 429 or status >= 500:
         raise TransientSendError(f"acs: recipient result HTTP {status}", provider_code=str(status))
     reason = NotSentReason.INVALID_RECIPIENT if status == 400 else NotSentReason.PROVIDER_REJECTED
@@ -210,7 +217,7 @@ def _recipient_result(response: httpx.Response) -> SendReceipt:
 def _failure(response: httpx.Response) -> Exception:
     status = response.status_code
     code = _error_code(response)
-    common = transient_http_failure(
+    common = common_http_failure(
         "acs", response, provider_code=code, credentials="ACS_CONNECTION_STRING or the identity's role"
     )
     if common is not None:

@@ -22,9 +22,9 @@ __all__ = [
     "SendReceipt",
     "SendRequest",
     "SmsChannel",
+    "common_http_failure",
     "parse_retry_after",
-    "transient_http_failure",
-    "translate_transport_error",
+    "translate_http_error",
 ]
 
 
@@ -82,28 +82,34 @@ def parse_retry_after(value: str | None, *, default: float | None = None) -> flo
     return max((when - datetime.now(when.tzinfo)).total_seconds(), 0.0)
 
 
-def translate_transport_error(provider: str, exc: httpx.TransportError) -> Exception:
-    """Map an httpx transport failure to transient (nothing reached the provider) or ambiguous."""
+def translate_http_error(provider: str, exc: httpx.HTTPError) -> Exception:
+    """Map an httpx failure: transient when nothing reached the provider, else ambiguous."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
         return TransientSendError(f"{provider}: could not connect ({type(exc).__name__})")
-    return AmbiguousSendError(f"{provider}: no answer after the request was sent ({type(exc).__name__})")
+    return AmbiguousSendError(
+        f"{provider}: no usable answer after the request was sent ({type(exc).__name__})"
+    )
 
 
-def transient_http_failure(
+def common_http_failure(
     provider: str, response: httpx.Response, *, provider_code: str | None, credentials: str
-) -> TransientSendError | None:
-    """The HTTP answers every provider shares: throttling and server errors, refused credentials.
+) -> TransientSendError | AmbiguousSendError | None:
+    """The HTTP answers every provider shares.
 
-    Refused credentials are an operator's fix away, so they are transient for the caller (503) rather
-    than NotSent for the journey. ``credentials`` names the settings to check.
+    429 and 503 say the request was not taken: transient. 500, 502 and 504 may come after the
+    provider created the message: ambiguous (re-sent only where the provider deduplicates).
+    Refused credentials are an operator's fix away, so they are transient for the caller (503)
+    rather than NotSent for the journey. ``credentials`` names the settings to check.
     """
     status = response.status_code
-    if status == 429 or status >= 500:
+    if status in (429, 503):
         return TransientSendError(
             f"{provider}: HTTP {status}",
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
             provider_code=provider_code,
         )
+    if status >= 500:
+        return AmbiguousSendError(f"{provider}: HTTP {status}", provider_code=provider_code)
     if status in (401, 403):
         return TransientSendError(
             f"{provider}: credentials refused (HTTP {status}); check {credentials}",

@@ -31,6 +31,7 @@ class NotSentReason(StrEnum):
     TOO_MANY_SEGMENTS = "TooManySegments"
     INVALID_SENDER = "InvalidSender"
     PROVIDER_REJECTED = "ProviderRejected"
+    REQUEST_ID_REUSED = "RequestIdReused"
 
 
 class SendError(Exception):

@@ -15,7 +15,8 @@ Send errors by Twilio error code (https://www.twilio.com/docs/api/errors):
 | 21617 | body over 1600 characters                     | NotSent TooManySegments       |
 | other | any other 4xx                                 | NotSent ProviderRejected      |
 | 401/403 | credentials refused                         | transient (503) until fixed   |
-| 429, 5xx | throttled or failing on Twilio's side      | transient, Retry-After kept   |
+| 429, 503 | throttled or unavailable                   | transient, Retry-After kept   |
+| 500/502/504 | may have created the message            | ambiguous: never re-sent      |
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import httpx
 from pydantic import Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from channels.base import SendReceipt, SendRequest, transient_http_failure, translate_transport_error
-from channels.errors import NotSentReason, PermanentSendError, TransientSendError
+from channels.base import SendReceipt, SendRequest, common_http_failure, translate_http_error
+from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError
 from core.settings import AppSettings, load
 
 NOT_SENT_BY_ERROR_CODE: dict[int, NotSentReason] = {
@@ -115,13 +116,13 @@ class TwilioChannel:
             response = await self._http.post(
                 f"/Accounts/{self.settings.account_sid}/Messages.json", data=form
             )
-        except httpx.TransportError as exc:
-            raise translate_transport_error(self.name, exc) from exc
+        except httpx.HTTPError as exc:
+            raise translate_http_error(self.name, exc) from exc
         if response.status_code in (200, 201):
             body = _json(response)
             sid = body.get("sid")
             if not isinstance(sid, str) or not sid:
-                raise TransientSendError("twilio: accepted answer without a message sid")
+                raise AmbiguousSendError("twilio: accepted answer without a message sid")
             return SendReceipt(message_id=sid, provider_status=body.get("status"))
         raise _failure(response)
 
@@ -142,7 +143,7 @@ def _failure(response: httpx.Response) -> Exception:
     body = _json(response)
     code = body.get("code")
     code_text = str(code) if code is not None else None
-    common = transient_http_failure(
+    common = common_http_failure(
         "twilio", response, provider_code=code_text, credentials="TWILIO_ACCOUNT_SID and its secret"
     )
     if common is not None:

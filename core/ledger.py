@@ -75,6 +75,9 @@ class SendRecord:
     is_test_send: bool = False
     message_id: str | None = None
     reason: str | None = None
+    #: Token of the call that last claimed the row: lets a call recognise its own write when the
+    #: storage SDK retried it after a lost response (the retry then sees a conflict).
+    owner: str = ""
     etag: str | None = None
 
     def to_entity(self) -> dict[str, Any]:
@@ -93,6 +96,7 @@ class SendRecord:
             "Segments": self.segments,
             "Encoding": self.encoding,
             "IsTestSend": self.is_test_send,
+            "Owner": self.owner,
         }
         if self.message_id is not None:
             entity["MessageId"] = self.message_id
@@ -118,6 +122,7 @@ class SendRecord:
             is_test_send=bool(entity.get("IsTestSend", False)),
             message_id=entity.get("MessageId"),
             reason=entity.get("Reason"),
+            owner=entity.get("Owner", ""),
             etag=entity.metadata.get("etag"),
         )
 
@@ -201,7 +206,7 @@ class SendLedger:
             existing = await self.get(draft.channel_definition_id, draft.request_id)
             if existing is None:  # purged between the two calls: try once more
                 return await self.claim(draft)
-            return False, existing
+            return existing.owner == draft.owner, existing
 
     async def get(self, channel_definition_id: UUID, request_id: str) -> SendRecord | None:
         try:
@@ -225,6 +230,9 @@ class SendLedger:
                 match_condition=MatchConditions.IfNotModified,
             )
         except ResourceModifiedError:
+            stored = await self.get(record.channel_definition_id, record.request_id)
+            if stored is not None and stored.owner == updated.owner and stored.state is updated.state:
+                return stored  # our own write, retried by the SDK after its answer was lost
             return None
         return replace(updated, etag=metadata.get("etag"))
 

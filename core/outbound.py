@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from tenacity import (
     AsyncRetrying,
@@ -27,7 +28,7 @@ from channels.errors import (
     TransientSendError,
 )
 from contracts import ChannelStatus, OutboundPayload
-from core.ledger import SendLedger, SendRecord, SendState
+from core.ledger import SendLedger, SendRecord, SendState, StorageUnavailable
 from core.phones import InvalidPhoneNumber, mask, to_e164
 from core.segments import count_segments
 
@@ -72,6 +73,7 @@ class OutboundService:
         ledger: SendLedger,
         max_segments: int,
         send_budget_seconds: float,
+        provider_timeout_seconds: float = 5.0,
         default_region: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -79,6 +81,9 @@ class OutboundService:
         self.ledger = ledger
         self.max_segments = max_segments
         self.budget = send_budget_seconds
+        # Outlives the longest the owner can take: the budget, plus one last attempt started just
+        # before the deadline (connect, write and read timeouts), plus storage round trips.
+        self.lease_seconds = send_budget_seconds + 3 * provider_timeout_seconds + 10
         self.default_region = default_region
         self._sleep = sleep
 
@@ -98,12 +103,13 @@ class OutboundService:
                 IDEMPOTENCY_NAMESPACE, f"{payload.channel_definition_id}/{payload.request_id}"
             ),
             first_attempt_at=self.ledger.now,
-            lease_until=self.ledger.lease(self.budget * 2 + 5),
+            lease_until=self.ledger.lease(self.lease_seconds),
             expires_at=self.ledger.expiry(),
             segments=count.segments,
             encoding=count.encoding.value,
             is_test_send=payload.is_test_send,
             reason=rejection.reason.value if rejection else None,
+            owner=uuid.uuid4().hex,
         )
         context = _log_context(payload, recipient)
         if payload.is_test_send:
@@ -112,10 +118,11 @@ class OutboundService:
         created, record = await self.ledger.claim(draft)
         while not created:
             if record.fingerprint != draft.fingerprint:
-                log.warning(
-                    "RequestId reused with a different message; answering the first outcome %s", context
-                )
-            decision = await self._resume(record, deadline)
+                log.warning("RequestId reused with a different message %s", context)
+                if record.state.is_final:
+                    return _outcome_of(record)
+                return SendOutcome(ChannelStatus.NOT_SENT, reason=NotSentReason.REQUEST_ID_REUSED.value)
+            decision = await self._resume(record, deadline, owner=draft.owner)
             if isinstance(decision, (SendOutcome, TryAgainLater)):
                 return decision
             record = decision  # this request now owns the send
@@ -157,7 +164,9 @@ class OutboundService:
             )
         return recipient, None
 
-    async def _resume(self, record: SendRecord, deadline: float) -> SendOutcome | TryAgainLater | SendRecord:
+    async def _resume(
+        self, record: SendRecord, deadline: float, *, owner: str
+    ) -> SendOutcome | TryAgainLater | SendRecord:
         """Decide about a request that an earlier call already claimed.
 
         Returns the outcome to answer, or the record once this call has taken the send over.
@@ -167,7 +176,10 @@ class OutboundService:
                 return _outcome_of(record)
             now = datetime.now(timezone.utc)
             if record.state is SendState.RETRYABLE:
-                taken = await self._take_over(record)
+                # nothing went out: a fresh attempt, with fresh provider idempotency data
+                taken = await self._take_over(
+                    record, owner, idempotency_key=uuid.uuid4(), first_attempt_at=self.ledger.now
+                )
             elif record.lease_until > now:
                 # another call is sending this very request: wait for its outcome
                 if time.monotonic() + IN_FLIGHT_POLL_SECONDS >= deadline:
@@ -175,7 +187,7 @@ class OutboundService:
                 await self._sleep(IN_FLIGHT_POLL_SECONDS)
                 taken = None
             elif self._can_resend_safely(record, now):
-                taken = await self._take_over(record)
+                taken = await self._take_over(record, owner)
             else:
                 # the call that claimed it died mid-send: the provider may have the message
                 log.warning(
@@ -197,47 +209,70 @@ class OutboundService:
         window = self.channel.idempotent_resend_window
         return window is not None and now - record.first_attempt_at < window
 
-    async def _take_over(self, record: SendRecord) -> SendRecord | None:
+    async def _take_over(self, record: SendRecord, owner: str, **changes: Any) -> SendRecord | None:
         return await self.ledger.replace_if_unchanged(
-            record, state=SendState.SENDING, lease_until=self.ledger.lease(self.budget * 2 + 5)
+            record,
+            state=SendState.SENDING,
+            owner=owner,
+            lease_until=self.ledger.lease(self.lease_seconds),
+            **changes,
         )
 
     async def _send_owned(
         self, record: SendRecord, request: SendRequest, deadline: float, context: str
     ) -> SendOutcome | TryAgainLater:
         try:
-            receipt = await self._send_with_retries(record, request, deadline)
+            receipt = await self._send_with_retries(request, deadline)
         except PermanentSendError as exc:
             await self.ledger.replace_if_unchanged(record, state=SendState.NOT_SENT, reason=exc.reason.value)
             log.info("NotSent %s reason=%s: %s", context, exc.reason, exc.detail)
             return SendOutcome(ChannelStatus.NOT_SENT, reason=exc.reason.value)
-        except AmbiguousSendError as exc:
-            await self.ledger.replace_if_unchanged(record, state=SendState.AMBIGUOUS, reason="Ambiguous")
-            log.warning(
-                "outcome unknown %s: %s; answering Sent without MessageId, never re-sending",
-                context,
-                exc.detail,
-            )
-            return SendOutcome(ChannelStatus.SENT)
         except TransientSendError as exc:
             await self.ledger.replace_if_unchanged(record, state=SendState.RETRYABLE, reason=exc.detail[:200])
             retry_after = max(exc.retry_after or 0.0, 1.0)
             log.warning("not sent yet %s: %s; caller may retry after %.0fs", context, exc.detail, retry_after)
             return TryAgainLater(retry_after, "the SMS provider is unavailable; retry the same RequestId")
+        except Exception as exc:
+            if isinstance(exc, AmbiguousSendError):
+                detail = exc.detail
+            else:
+                log.exception("unexpected failure while sending %s", context)
+                detail = f"unexpected {type(exc).__name__}"
+            await self._store_quietly(record, context, state=SendState.AMBIGUOUS, reason="Ambiguous")
+            log.warning(
+                "outcome unknown %s: %s; answering Sent without MessageId, never re-sending", context, detail
+            )
+            return SendOutcome(ChannelStatus.SENT)
 
-        await self.ledger.remember_message(record, receipt.message_id)
-        stored = await self.ledger.replace_if_unchanged(
-            record, state=SendState.SENT, message_id=receipt.message_id, reason=None
+        # The message is out: from here on nothing may turn the answer into a failure.
+        await self._store_quietly(
+            record, context, state=SendState.SENT, message_id=receipt.message_id, reason=None
         )
-        if stored is None:
-            log.warning("send state of %s changed while sending; the message went out once", context)
+        try:
+            await self.ledger.remember_message(record, receipt.message_id)
+        except StorageUnavailable as exc:
+            log.error(
+                "Sent %s but its message record was not stored (%s); its delivery reports "
+                "cannot be matched by message id",
+                context,
+                exc,
+            )
         log.info("Sent %s MessageId=%s segments=%d", context, receipt.message_id, record.segments)
         return SendOutcome(ChannelStatus.SENT, message_id=receipt.message_id)
 
-    async def _send_with_retries(
-        self, record: SendRecord, request: SendRequest, deadline: float
-    ) -> SendReceipt:
+    async def _store_quietly(self, record: SendRecord, context: str, **changes: Any) -> None:
+        """Record an outcome whose answer is already decided; a storage failure is only logged."""
+        try:
+            stored = await self.ledger.replace_if_unchanged(record, **changes)
+        except StorageUnavailable as exc:
+            log.error("outcome of %s not stored (%s)", context, exc)
+            return
+        if stored is None:
+            log.warning("send state of %s was changed by another call while sending", context)
+
+    async def _send_with_retries(self, request: SendRequest, deadline: float) -> SendReceipt:
         resend_safe = self.channel.idempotent_resend_window is not None
+        maybe_sent = False
 
         def retryable(exc: BaseException) -> bool:
             if isinstance(exc, TransientSendError):
@@ -257,9 +292,18 @@ class OutboundService:
             sleep=self._sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self.channel.send(request)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        return await self.channel.send(request)
+                    except AmbiguousSendError:
+                        maybe_sent = True
+                        raise
+        except TransientSendError as exc:
+            if maybe_sent:  # an earlier attempt may have gone out: this is no longer "nothing sent"
+                raise AmbiguousSendError(f"{exc.detail}, after an attempt without an answer") from exc
+            raise
         raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
 
 

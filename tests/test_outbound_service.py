@@ -10,13 +10,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from channels.base import SendReceipt
+from channels.base import SendReceipt, SendRequest
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
 from contracts import ChannelStatus, OutboundPayload
-from core.ledger import SendLedger, SendState, StorageUnavailable
+from core.ledger import SendLedger, SendRecord, SendState, StorageUnavailable
 from core.outbound import OutboundService, SendOutcome, TryAgainLater
 from tests.conftest import CUSTOMER, payload_json
 from tests.doubles import IdempotentScriptedChannel, RecordingSleep, ScriptedChannel
+from tests.fakes.azurite import Azurite
 
 
 def make_service(
@@ -259,6 +260,87 @@ async def test_send_interrupted_by_a_crash_is_resumed_inside_the_providers_repea
         ChannelStatus.SENT
     )
     assert late.requests == []
+
+
+async def test_reused_request_id_with_other_content_is_never_sent(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
+    channel = ScriptedChannel(TransientSendError("503"))
+    service = make_service(ledger, channel, budget=0.1)
+    assert isinstance(
+        await service.send(payload(channel_definition_id, "reused-2", text="first")), TryAgainLater
+    )
+    channel.script = [SendReceipt("SM-other")]
+    outcome = await service.send(payload(channel_definition_id, "reused-2", text="second"))
+    assert outcome == SendOutcome(ChannelStatus.NOT_SENT, reason="RequestIdReused")
+    assert [r.text for r in channel.requests] == ["first"]
+
+
+async def test_ambiguous_then_transient_is_not_retried_later(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
+    channel = IdempotentScriptedChannel(AmbiguousSendError("read timeout"), TransientSendError("503"))
+    request = payload(channel_definition_id, "amb-then-503")
+    assert await make_service(ledger, channel, budget=0.3).send(request) == SendOutcome(ChannelStatus.SENT)
+    sent_so_far = len(channel.requests)
+    assert await make_service(ledger, channel).send(request) == SendOutcome(ChannelStatus.SENT)
+    assert len(channel.requests) == sent_so_far
+    record = await ledger.get(channel_definition_id, "amb-then-503")
+    assert record is not None and record.state is SendState.AMBIGUOUS
+
+
+async def test_a_retry_after_a_clean_failure_gets_fresh_provider_idempotency_data(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
+    channel = IdempotentScriptedChannel(TransientSendError("503"))
+    request = payload(channel_definition_id, "fresh-attempt")
+    await make_service(ledger, channel, budget=0.1).send(request)
+    first = channel.requests[-1]
+    channel.script = [SendReceipt("acs-fresh")]
+    assert await make_service(ledger, channel).send(request) == SendOutcome(
+        ChannelStatus.SENT, message_id="acs-fresh"
+    )
+    retry = channel.requests[-1]
+    assert retry.idempotency_key != first.idempotency_key
+    assert retry.first_attempt_at > first.first_attempt_at
+
+
+class _BrokenChannel(ScriptedChannel):
+    async def send(self, request: SendRequest) -> SendReceipt:
+        self.requests.append(request)
+        raise KeyError("bug")
+
+
+async def test_an_unexpected_error_while_sending_is_treated_as_ambiguous(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
+    channel = _BrokenChannel(SendReceipt("never"))
+    request = payload(channel_definition_id, "bug")
+    assert await make_service(ledger, channel).send(request) == SendOutcome(ChannelStatus.SENT)
+    assert await make_service(ledger, channel).send(request) == SendOutcome(ChannelStatus.SENT)
+    assert len(channel.requests) == 1
+
+
+class _LedgerFailingAfterSend(SendLedger):
+    async def replace_if_unchanged(self, record: SendRecord, **changes: object) -> SendRecord | None:
+        if changes.get("state") is SendState.SENT:
+            raise StorageUnavailable("table storage: ServiceRequestError")
+        return await super().replace_if_unchanged(record, **changes)
+
+    async def remember_message(self, record: SendRecord, message_id: str) -> None:
+        raise StorageUnavailable("table storage: ServiceRequestError")
+
+
+async def test_storage_failing_after_the_provider_accepted_still_answers_sent(
+    azurite: Azurite, channel_definition_id: uuid.UUID, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = _LedgerFailingAfterSend(azurite.connection_string, retention=timedelta(days=1))
+    outcome = await make_service(ledger, ScriptedChannel(SendReceipt("SM-kept"))).send(
+        payload(channel_definition_id)
+    )
+    ledger.close()
+    assert outcome == SendOutcome(ChannelStatus.SENT, message_id="SM-kept")
+    assert "not stored" in caplog.text
 
 
 async def test_reused_request_id_with_other_content_answers_the_first_outcome(
