@@ -47,12 +47,16 @@ def parse_outbound(body: bytes, *, max_bytes: int) -> tuple[OutboundPayload, boo
             f"the body is {len(body)} bytes; the limit is {max_bytes} (MAX_BODY_BYTES)",
             status_code=413,
         )
-    document = _json(body, "the body")
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidRequest("InvalidJson", "the body is not UTF-8 text") from None
+    document = _json(text, "the body")
     enveloped = isinstance(document, dict) and "payload" in document and "ChannelDefinitionId" not in document
     if enveloped:
         inner = document["payload"]
         if isinstance(inner, str):
-            document = _json(inner.encode("utf-8"), "payload")
+            document = _json(inner, "payload")
         elif isinstance(inner, dict):
             document = inner
         else:
@@ -74,15 +78,20 @@ def parse_outbound(body: bytes, *, max_bytes: int) -> tuple[OutboundPayload, boo
         raise InvalidRequest("InvalidPayload", f"invalid or missing fields: {names}", fields=fields) from None
 
 
-def _json(raw: bytes, what: str) -> Any:
+def _json(text: str, what: str) -> Any:
     try:
-        return json.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise InvalidRequest("InvalidJson", f"{what} is not UTF-8 text") from None
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
             "InvalidJson", f"{what} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+    except (RecursionError, ValueError):
+        raise InvalidRequest("InvalidJson", f"{what} is nested too deeply or holds invalid numbers") from None
+    try:  # JSON escapes can spell lone UTF-16 surrogates, which no SMS or storage key can carry
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("InvalidJson", f"{what} holds invalid Unicode (a lone surrogate)") from None
+    return document
 
 
 def render(payload: OutboundPayload, outcome: SendOutcome, *, enveloped: bool) -> func.HttpResponse:

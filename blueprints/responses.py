@@ -15,7 +15,7 @@ def json_response(
     body: Any, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> func.HttpResponse:
     return func.HttpResponse(
-        json.dumps(body, ensure_ascii=False),
+        json.dumps(body),
         status_code=status_code,
         mimetype="application/json",
         charset="utf-8",

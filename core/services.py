@@ -15,7 +15,7 @@ from channels.base import SmsChannel
 from channels.registry import build_channel
 from core.ledger import SendLedger
 from core.outbound import OutboundService
-from core.settings import AppSettings, load
+from core.settings import AppSettings, ConfigurationError, load
 
 T = TypeVar("T")
 
@@ -42,10 +42,15 @@ class Services:
     def ledger(self) -> SendLedger:
         if self._ledger is None:
             settings = self.settings()
-            self._ledger = SendLedger(
-                settings.storage_connection_string(),
-                retention=timedelta(days=settings.retention_days),
-            )
+            try:
+                self._ledger = SendLedger(
+                    settings.storage_connection_string(),
+                    retention=timedelta(days=settings.retention_days),
+                )
+            except ValueError:
+                raise ConfigurationError.single(
+                    "AzureWebJobsStorage", "not a storage connection string"
+                ) from None
         return self._ledger
 
     def channel(self) -> SmsChannel:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import AliasChoices, Field, HttpUrl, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, HttpUrl, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["AppSettings", "ConfigurationError", "SettingProblem", "load"]
@@ -68,6 +68,18 @@ class AppSettings(BaseSettings):
     max_body_bytes: int = Field(default=65536, ge=1024, validation_alias="MAX_BODY_BYTES")
     #: ISO 3166 region for recipient numbers written without a leading + (unset: + is required).
     default_region: str | None = Field(default=None, validation_alias="DEFAULT_REGION")
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        import phonenumbers
+
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError("not an ISO 3166 region code that phone numbers are known for (e.g. GB, US)")
+        return region
 
     def storage_connection_string(self) -> str:
         if self.storage_connection is None:

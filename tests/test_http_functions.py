@@ -142,6 +142,9 @@ async def test_malformed_payload_gets_400_naming_each_field(
         (b"\xff\xfe", "not UTF-8"),
         ('{"payload": "{broken"}', "payload is not JSON"),
         ("[1, 2]", "must be a JSON object"),
+        ("[" * 60000, "nested too deeply"),
+        ('{"payload": "{\\"To\\": \\"\\ud800\\"}"}', "invalid Unicode"),
+        ('{"To": "\\udc00", "Message": {"\\ud800": 1}}', "invalid Unicode"),
     ],
 )
 async def test_not_json_gets_400(
@@ -276,6 +279,27 @@ async def test_health_names_bad_settings_without_their_values(
     assert body["provider"] == "twilio" and body["storage"] == "reachable"
     assert {p["setting"] for p in body["problems"]} == {"TWILIO_ACCOUNT_SID"}
     assert "secretish" not in json.dumps(body)
+
+
+@pytest.mark.parametrize("setting, value", [("AzureWebJobsStorage", "garbage"), ("DEFAULT_REGION", "UK")])
+async def test_bad_settings_are_named_not_a_500(
+    monkeypatch: pytest.MonkeyPatch, channel_definition_id: uuid.UUID, setting: str, value: str
+) -> None:
+    monkeypatch.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+    monkeypatch.setenv(setting, value)
+    services = Services()
+    check = function(health.blueprint(services), "health")
+    body = answer(await check(func.HttpRequest("GET", "http://localhost/api/health", body=b"")))
+    assert [p["setting"] for p in body["problems"]] == [setting]
+    response = await function(outbound.blueprint(services), "outbound")(
+        post(payload_json(channel_definition_id))
+    )
+    assert response.status_code == 503
+    assert [s["setting"] for s in answer(response)["error"]["settings"]] == [setting]
+
+
+def test_default_region_is_normalized() -> None:
+    assert AppSettings(DEFAULT_REGION=" gb ").default_region == "GB"  # type: ignore[call-arg]
 
 
 async def test_health_reports_unreachable_storage(monkeypatch: pytest.MonkeyPatch) -> None:
