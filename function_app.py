@@ -6,7 +6,7 @@ import logging
 
 import azure.functions as func
 
-from blueprints import health, maintenance, outbound
+from blueprints import health, maintenance, outbound, relay, webhooks
 from core.services import Services
 
 # The storage SDK logs every request's headers at INFO; keep the app's own logs readable.
@@ -17,5 +17,7 @@ services = Services()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(outbound.blueprint(services))
+app.register_functions(webhooks.blueprint(services))
+app.register_functions(relay.blueprint(services))
 app.register_functions(health.blueprint(services))
 app.register_functions(maintenance.blueprint(services))

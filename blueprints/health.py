@@ -23,9 +23,14 @@ def blueprint(services: Services) -> func.Blueprint:
         problems: list[SettingProblem] = []
         provider: str | None = None
         storage = "unknown"
+        dataverse = "unknown"
         try:
             provider = services.settings().sms_provider
             services.channel()
+        except ConfigurationError as exc:
+            problems.extend(exc.problems)
+        try:
+            dataverse = services.dataverse().mode
         except ConfigurationError as exc:
             problems.extend(exc.problems)
         try:
@@ -42,6 +47,7 @@ def blueprint(services: Services) -> func.Blueprint:
             "status": "ok" if healthy else "unhealthy",
             "provider": provider,
             "storage": storage,
+            "dataverse": dataverse,
             "problems": [{"setting": p.setting, "message": p.message} for p in problems],
         }
         return json_response(body, 200 if healthy else 503)

@@ -24,6 +24,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 from collections.abc import AsyncGenerator, Generator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -35,9 +36,27 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from channels.base import SendReceipt, SendRequest, common_http_failure, translate_http_error
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
+from channels.signatures import same
+from channels.webhooks import (
+    DeliveryEvent,
+    DeliveryFailure,
+    DeliveryOutcome,
+    InboundSms,
+    InvalidWebhook,
+    ParsedWebhook,
+    WebhookAck,
+    WebhookKind,
+    WebhookRejected,
+    WebhookRequest,
+)
 from core.settings import AppSettings, load
 
 API_VERSION = "2021-03-07"
+VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
+DELIVERY_REPORT_EVENT = "Microsoft.Communication.SMSDeliveryReportReceived"
+SMS_RECEIVED_EVENT = "Microsoft.Communication.SMSReceived"
+#: deliveryStatus ("Delivered" or "Failed"; ACS publishes final reports only).
+DELIVERY_OUTCOMES = {"delivered": DeliveryOutcome.DELIVERED, "failed": DeliveryOutcome.NOT_DELIVERED}
 ACS_RESOURCE = "https://communication.azure.com"
 
 
@@ -51,6 +70,9 @@ class AcsSettings(BaseSettings):
     #: Client id of a user-assigned managed identity (unset: the system-assigned one).
     managed_identity_client_id: str | None = None
     api_version: str = Field(default=API_VERSION)
+    #: Shared secret Event Grid sends with each delivery (as ``?secret=`` in the subscription's
+    #: endpoint URL, or an ``X-Webhook-Secret`` delivery header): Event Grid does not sign events.
+    webhook_secret: SecretStr | None = None
 
     @model_validator(mode="after")
     def _endpoint_known(self) -> AcsSettings:
@@ -181,7 +203,11 @@ class AcsChannel:
                 }
             ],
             "message": request.text,
-            "smsSendOptions": {"enableDeliveryReport": True, "tag": request.request_id},
+            # echoed in the delivery report, so it can be matched even if our send answer was lost
+            "smsSendOptions": {
+                "enableDeliveryReport": True,
+                "tag": f"{request.channel_definition_id}/{request.request_id}",
+            },
         }
         try:
             response = await self._http.post(
@@ -195,6 +221,93 @@ class AcsChannel:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    # -- webhooks (Event Grid, Event Grid schema) ----------------------------------------------
+
+    def verify_webhook(self, request: WebhookRequest) -> None:
+        received = request.header("X-Webhook-Secret") or request.query.get("secret")
+        if not received:
+            raise WebhookRejected(401, "no webhook secret (?secret= or X-Webhook-Secret)")
+        if self.settings.webhook_secret is None:
+            raise WebhookRejected(
+                403, "ACS_WEBHOOK_SECRET is not set: Event Grid deliveries cannot be verified"
+            )
+        if not same(self.settings.webhook_secret.get_secret_value(), received):
+            raise WebhookRejected(403, "webhook secret does not match")
+
+    def parse_delivery_reports(self, request: WebhookRequest) -> ParsedWebhook:
+        return self._parse(request, DELIVERY_REPORT_EVENT)
+
+    def parse_inbound(self, request: WebhookRequest) -> ParsedWebhook:
+        return self._parse(request, SMS_RECEIVED_EVENT)
+
+    def acknowledge(self, kind: WebhookKind) -> WebhookAck:
+        return WebhookAck()
+
+    def _parse(self, request: WebhookRequest, wanted: str) -> ParsedWebhook:
+        events = request.json()
+        if isinstance(events, dict):
+            events = [events]
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            raise InvalidWebhook("expected an array of Event Grid events")
+        parsed = ParsedWebhook()
+        for raw in events:
+            event = _folded(raw)
+            event_type = str(event.get("eventtype", ""))
+            data = _folded(event.get("data") or {})
+            if event_type.lower() == VALIDATION_EVENT.lower():
+                code = data.get("validationcode")
+                if not code:
+                    raise InvalidWebhook("validation event without validationCode")
+                return ParsedWebhook(
+                    handshake=WebhookAck(
+                        json.dumps({"validationResponse": code}), mimetype="application/json"
+                    )
+                )
+            if event_type.lower() != wanted.lower():
+                continue  # another event type routed here: acknowledged, not ours to relay
+            message_id = data.get("messageid")
+            if not message_id:
+                raise InvalidWebhook(f"{event_type} without messageId")
+            if wanted == DELIVERY_REPORT_EVENT:
+                parsed.delivery_events.append(_delivery_event(str(message_id), data))
+            else:
+                parsed.inbound.append(
+                    InboundSms(
+                        provider="acs",
+                        message_id=str(message_id),
+                        sender=str(data.get("from", "")),
+                        recipient=str(data.get("to", "")),
+                        text=str(data.get("message", "")),
+                    )
+                )
+        return parsed
+
+
+def _folded(value: Any) -> dict[str, Any]:
+    """Event Grid payloads are cased inconsistently across Microsoft's samples: match keys case-blind."""
+    return {str(k).lower(): v for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _delivery_event(message_id: str, data: dict[str, Any]) -> DeliveryEvent:
+    status = str(data.get("deliverystatus", ""))
+    outcome = DELIVERY_OUTCOMES.get(status.lower(), DeliveryOutcome.INTERMEDIATE)
+    details = str(data.get("deliverystatusdetails") or "") or None
+    reason = None
+    if outcome is DeliveryOutcome.NOT_DELIVERED:
+        reason = (
+            DeliveryFailure.EXPIRED if details and "expir" in details.lower() else DeliveryFailure.UNKNOWN
+        )
+    return DeliveryEvent(
+        provider="acs",
+        message_id=message_id,
+        outcome=outcome,
+        provider_status=status,
+        reason=reason,
+        description=details if outcome is DeliveryOutcome.NOT_DELIVERED else None,
+        sender=str(data.get("from")) if data.get("from") else None,
+        correlation=str(data.get("tag")) if data.get("tag") else None,
+    )
 
 
 def _recipient_result(response: httpx.Response) -> SendReceipt:

@@ -17,6 +17,7 @@ from uuid import UUID
 import httpx
 
 from channels.errors import AmbiguousSendError, TransientSendError
+from channels.webhooks import ParsedWebhook, WebhookAck, WebhookKind, WebhookRequest
 
 __all__ = [
     "SendReceipt",
@@ -64,6 +65,18 @@ class SmsChannel(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+    def verify_webhook(self, request: WebhookRequest) -> None:
+        """Raise WebhookRejected unless the request provably comes from the provider."""
+        ...
+
+    def parse_delivery_reports(self, request: WebhookRequest) -> ParsedWebhook: ...
+
+    def parse_inbound(self, request: WebhookRequest) -> ParsedWebhook: ...
+
+    def acknowledge(self, kind: WebhookKind) -> WebhookAck:
+        """The answer the provider expects once its webhook's events are queued."""
+        ...
 
 
 def parse_retry_after(value: str | None, *, default: float | None = None) -> float | None:

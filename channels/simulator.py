@@ -9,22 +9,59 @@ are injected by recipient number suffix:
 | SIMULATOR_OPTED_OUT_SUFFIXES   | NotSent, reason RecipientOptedOut        |
 | SIMULATOR_TRANSIENT_SUFFIXES   | a transient failure (503 to the caller)  |
 | SIMULATOR_AMBIGUOUS_SUFFIXES   | an ambiguous outcome (no answer)         |
+
+Webhooks are JSON, signed with SIMULATOR_WEBHOOK_SECRET: ``X-Simulator-Timestamp`` (Unix seconds)
+and ``X-Simulator-Signature`` = hex HMAC-SHA256 of ``"<timestamp>." + body``, refused when more
+than 300 seconds old. Delivery report: ``{"MessageId", "Status", "ErrorCode"?, "From"?, "Correlation"?}``
+with Status ``delivered`` / ``failed`` / ``expired`` (final) or ``sent`` (intermediate); inbound:
+``{"MessageId", "From", "To", "Text"}``.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from channels.base import SendReceipt, SendRequest
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
+from channels.signatures import hmac_sha256_hex, same
+from channels.webhooks import (
+    DeliveryEvent,
+    DeliveryFailure,
+    DeliveryOutcome,
+    InboundSms,
+    InvalidWebhook,
+    ParsedWebhook,
+    WebhookAck,
+    WebhookKind,
+    WebhookRejected,
+    WebhookRequest,
+)
 from core.settings import AppSettings, load
 
 MESSAGE_ID_NAMESPACE = uuid.UUID("5b0c3f4e-54d6-4f0e-9a57-6a0f3f2d1c11")
+SIGNATURE_TOLERANCE_SECONDS = 300
+
+DELIVERY_OUTCOMES: dict[str, tuple[DeliveryOutcome, DeliveryFailure | None]] = {
+    "delivered": (DeliveryOutcome.DELIVERED, None),
+    "failed": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.UNREACHABLE),
+    "expired": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.EXPIRED),
+}
+
+
+def sign_webhook(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """Headers that authenticate ``body`` as a simulator webhook."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    return {
+        "X-Simulator-Timestamp": stamp,
+        "X-Simulator-Signature": hmac_sha256_hex(secret, stamp.encode("ascii") + b"." + body),
+    }
+
 
 Suffixes = Annotated[tuple[str, ...], NoDecode]
 
@@ -38,6 +75,7 @@ class SimulatorSettings(BaseSettings):
     ambiguous_suffixes: Suffixes = ()
     #: Seconds a transient failure asks the caller to wait.
     retry_after_seconds: float = Field(default=1.0, ge=0)
+    webhook_secret: SecretStr | None = None
 
     @field_validator(
         "reject_suffixes",
@@ -85,3 +123,77 @@ class SimulatorChannel:
 
     async def aclose(self) -> None:
         return None
+
+    # -- webhooks ----------------------------------------------------------------------------
+
+    def verify_webhook(self, request: WebhookRequest) -> None:
+        stamp, signature = request.header("X-Simulator-Timestamp"), request.header("X-Simulator-Signature")
+        if not stamp or not signature:
+            raise WebhookRejected(401, "no X-Simulator-Timestamp / X-Simulator-Signature")
+        if self.settings.webhook_secret is None:
+            raise WebhookRejected(403, "SIMULATOR_WEBHOOK_SECRET is not set: webhooks cannot be verified")
+        try:
+            age = abs(time.time() - int(stamp))
+        except ValueError:
+            raise WebhookRejected(403, "X-Simulator-Timestamp is not a number") from None
+        if age > SIGNATURE_TOLERANCE_SECONDS:
+            raise WebhookRejected(403, "stale signature")
+        expected = hmac_sha256_hex(
+            self.settings.webhook_secret.get_secret_value(), stamp.encode("ascii") + b"." + request.body
+        )
+        if not same(expected, signature):
+            raise WebhookRejected(403, "X-Simulator-Signature does not match")
+
+    def parse_delivery_reports(self, request: WebhookRequest) -> ParsedWebhook:
+        body = _object(request)
+        message_id, status = body.get("MessageId"), str(body.get("Status", "")).lower()
+        if not isinstance(message_id, str) or not message_id or not status:
+            raise InvalidWebhook("MessageId and Status are required")
+        outcome, reason = DELIVERY_OUTCOMES.get(status, (DeliveryOutcome.INTERMEDIATE, None))
+        return ParsedWebhook(
+            delivery_events=[
+                DeliveryEvent(
+                    provider=self.name,
+                    message_id=message_id,
+                    outcome=outcome,
+                    provider_status=status,
+                    error_code=_text(body.get("ErrorCode")),
+                    reason=reason,
+                    description=f"simulated {status}" if reason else None,
+                    sender=_text(body.get("From")),
+                    correlation=_text(body.get("Correlation")),
+                )
+            ]
+        )
+
+    def parse_inbound(self, request: WebhookRequest) -> ParsedWebhook:
+        body = _object(request)
+        fields = {name: _text(body.get(name)) for name in ("MessageId", "From", "To")}
+        missing = [name for name, value in fields.items() if not value]
+        if missing:
+            raise InvalidWebhook(f"missing {', '.join(missing)}")
+        return ParsedWebhook(
+            inbound=[
+                InboundSms(
+                    provider=self.name,
+                    message_id=str(fields["MessageId"]),
+                    sender=str(fields["From"]),
+                    recipient=str(fields["To"]),
+                    text=str(body.get("Text", "")),
+                )
+            ]
+        )
+
+    def acknowledge(self, kind: WebhookKind) -> WebhookAck:
+        return WebhookAck()
+
+
+def _object(request: WebhookRequest) -> dict[str, Any]:
+    body = request.json()
+    if not isinstance(body, dict):
+        raise InvalidWebhook("expected a JSON object")
+    return body
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value not in (None, "") else None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any, ClassVar
+from urllib.parse import urlencode
 
 import httpx
 from pydantic import Field, HttpUrl, SecretStr, model_validator
@@ -30,7 +31,45 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from channels.base import SendReceipt, SendRequest, common_http_failure, translate_http_error
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError
+from channels.signatures import same, twilio_signature, url_port_variants
+from channels.webhooks import (
+    DeliveryEvent,
+    DeliveryFailure,
+    DeliveryOutcome,
+    InboundSms,
+    InvalidWebhook,
+    ParsedWebhook,
+    WebhookAck,
+    WebhookKind,
+    WebhookRejected,
+    WebhookRequest,
+)
 from core.settings import AppSettings, load
+
+#: Status callback MessageStatus -> outcome (anything else is intermediate: queued, accepted,
+#: scheduled, sending, sent, receiving, received, partially_delivered).
+DELIVERY_OUTCOMES: dict[str, DeliveryOutcome] = {
+    "delivered": DeliveryOutcome.DELIVERED,
+    "read": DeliveryOutcome.DELIVERED,
+    "undelivered": DeliveryOutcome.NOT_DELIVERED,
+    "failed": DeliveryOutcome.NOT_DELIVERED,
+    "canceled": DeliveryOutcome.NOT_DELIVERED,
+}
+
+#: Delivery ErrorCode -> (reason, description) for Details (https://www.twilio.com/docs/api/errors).
+DELIVERY_FAILURES: dict[str, tuple[DeliveryFailure, str]] = {
+    "30001": (DeliveryFailure.PROVIDER_ERROR, "Queue overflow"),
+    "30002": (DeliveryFailure.PROVIDER_ERROR, "Account suspended"),
+    "30003": (DeliveryFailure.UNREACHABLE, "Unreachable destination handset"),
+    "30004": (DeliveryFailure.BLOCKED, "Message blocked"),
+    "30005": (DeliveryFailure.UNKNOWN_NUMBER, "Unknown destination handset"),
+    "30006": (DeliveryFailure.LANDLINE, "Landline or unreachable carrier"),
+    "30007": (DeliveryFailure.FILTERED, "Message filtered by the carrier"),
+    "30008": (DeliveryFailure.UNKNOWN, "Unknown error"),
+    "30010": (DeliveryFailure.PROVIDER_ERROR, "Message price exceeds max price"),
+    "30034": (DeliveryFailure.FILTERED, "Message from an unregistered number"),
+    "21610": (DeliveryFailure.OPTED_OUT, "Recipient unsubscribed (replied STOP)"),
+}
 
 NOT_SENT_BY_ERROR_CODE: dict[int, NotSentReason] = {
     21211: NotSentReason.INVALID_RECIPIENT,
@@ -45,6 +84,7 @@ NOT_SENT_BY_ERROR_CODE: dict[int, NotSentReason] = {
 }
 
 DELIVERY_REPORT_PATH = "/api/providers/twilio/delivery-reports"
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
 class TwilioSettings(BaseSettings):
@@ -111,7 +151,9 @@ class TwilioChannel:
         else:
             form["From"] = request.sender
         if self.status_callback_url:
-            form["StatusCallback"] = self.status_callback_url
+            # the reference comes back with the callback, even if our send answer was lost
+            reference = urlencode({"ref": f"{request.channel_definition_id}/{request.request_id}"})
+            form["StatusCallback"] = f"{self.status_callback_url}?{reference}"
         try:
             response = await self._http.post(
                 f"/Accounts/{self.settings.account_sid}/Messages.json", data=form
@@ -128,6 +170,69 @@ class TwilioChannel:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    # -- webhooks ----------------------------------------------------------------------------
+
+    def verify_webhook(self, request: WebhookRequest) -> None:
+        signature = request.header("X-Twilio-Signature")
+        if not signature:
+            raise WebhookRejected(401, "no X-Twilio-Signature")
+        if self.settings.auth_token is None:
+            raise WebhookRejected(403, "TWILIO_AUTH_TOKEN is needed to verify Twilio's signatures")
+        token = self.settings.auth_token.get_secret_value()
+        params = request.form()
+        if not any(
+            same(twilio_signature(token, url, params), signature)
+            for url in url_port_variants(request.public_url)
+        ):
+            raise WebhookRejected(403, "X-Twilio-Signature does not match")
+
+    def parse_delivery_reports(self, request: WebhookRequest) -> ParsedWebhook:
+        form = request.form_dict()
+        message_id = form.get("MessageSid") or form.get("SmsSid")
+        status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
+        if not message_id or not status:
+            raise InvalidWebhook("MessageSid and MessageStatus are required")
+        outcome = DELIVERY_OUTCOMES.get(status, DeliveryOutcome.INTERMEDIATE)
+        error_code = form.get("ErrorCode") or None
+        reason = description = None
+        if outcome is DeliveryOutcome.NOT_DELIVERED:
+            reason, description = DELIVERY_FAILURES.get(
+                error_code or "", (DeliveryFailure.UNKNOWN, f"Twilio status {status}")
+            )
+            if status == "canceled":
+                reason, description = DeliveryFailure.CANCELED, "Canceled before sending"
+        event = DeliveryEvent(
+            provider=self.name,
+            message_id=message_id,
+            outcome=outcome,
+            provider_status=status,
+            error_code=error_code,
+            reason=reason,
+            description=description,
+            sender=form.get("From"),
+            correlation=request.query.get("ref"),
+        )
+        return ParsedWebhook(delivery_events=[event])
+
+    def parse_inbound(self, request: WebhookRequest) -> ParsedWebhook:
+        form = request.form_dict()
+        missing = [name for name in ("MessageSid", "From", "To") if not form.get(name)]
+        if missing:
+            raise InvalidWebhook(f"missing {', '.join(missing)}")
+        message = InboundSms(
+            provider=self.name,
+            message_id=form["MessageSid"],
+            sender=form["From"],
+            recipient=form["To"],
+            text=form.get("Body", ""),
+        )
+        return ParsedWebhook(inbound=[message])
+
+    def acknowledge(self, kind: WebhookKind) -> WebhookAck:
+        if kind == "inbound":  # Twilio expects TwiML; an empty Response sends no reply
+            return WebhookAck(EMPTY_TWIML, mimetype="text/xml")
+        return WebhookAck()
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

@@ -10,7 +10,9 @@ processes can never both believe they own a send.
        └──► Ambiguous                   the provider may have the message; never sent again
 
 ``smsmessages`` maps a provider's message id back to the request, for delivery reports.
-Both tables carry ``ExpiresAt``; :meth:`SendLedger.purge_expired` deletes what has passed it.
+``relayedevents`` remembers each (provider, message id, status) relayed to Dataverse, so provider
+retries and queue redeliveries relay it once. Every table carries ``ExpiresAt``;
+:meth:`SendLedger.purge_expired` deletes what has passed it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = ["MessageRecord", "SendLedger", "SendRecord", "SendState", "StorageUna
 
 SENDS_TABLE = "outboundsends"
 MESSAGES_TABLE = "smsmessages"
+RELAYED_TABLE = "relayedevents"
 
 
 class StorageUnavailable(Exception):
@@ -164,6 +167,8 @@ class SendLedger:
         )
         self._sends: TableClient = self._service.get_table_client(SENDS_TABLE)
         self._messages: TableClient = self._service.get_table_client(MESSAGES_TABLE)
+        self._relayed: TableClient = self._service.get_table_client(RELAYED_TABLE)
+        self._tables = (self._sends, self._messages, self._relayed)
         self._tables_ready = False
         self._lock = asyncio.Lock()
 
@@ -182,7 +187,7 @@ class SendLedger:
 
     def _create_tables(self) -> None:
         try:
-            for table in (self._sends, self._messages):
+            for table in self._tables:
                 with contextlib.suppress(ResourceExistsError):
                     table.create_table()
         except AzureError as exc:
@@ -266,13 +271,31 @@ class SendLedger:
             expires_at=_utc(entity["ExpiresAt"]),
         )
 
+    # -- relays ------------------------------------------------------------------------------
+
+    async def was_relayed(self, provider: str, event_key: str) -> bool:
+        try:
+            await self._call(self._relayed.get_entity, provider, row_key(event_key), select=["PartitionKey"])
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    async def mark_relayed(self, provider: str, event_key: str) -> None:
+        entity = {
+            "PartitionKey": provider,
+            "RowKey": row_key(event_key),
+            "RelayedAt": self.now,
+            "ExpiresAt": self.expiry(),
+        }
+        await self._call(self._relayed.upsert_entity, entity, mode=UpdateMode.REPLACE)
+
     # -- retention ---------------------------------------------------------------------------
 
     async def purge_expired(self, now: datetime | None = None) -> int:
         """Delete every row whose ExpiresAt has passed; return how many."""
         cutoff = now or datetime.now(timezone.utc)
         deleted = 0
-        for table in (self._sends, self._messages):
+        for table in self._tables:
             deleted += await self._call(self._purge_table, table, cutoff)
         return deleted
 
@@ -292,8 +315,8 @@ class SendLedger:
         return deleted
 
     def close(self) -> None:
-        self._sends.close()
-        self._messages.close()
+        for table in self._tables:
+            table.close()
         self._service.close()
 
     @property

@@ -12,10 +12,15 @@ from datetime import timedelta
 from typing import TypeVar
 
 from channels.base import SmsChannel
-from channels.registry import build_channel
+from channels.registry import PROVIDERS, build_channel
 from core.ledger import SendLedger
 from core.outbound import OutboundService
+from core.relay import RelayQueue, RelayService
 from core.settings import AppSettings, ConfigurationError, load
+from dataverse.auth import MsalTokenProvider
+from dataverse.client import DataverseClient, DataverseGateway
+from dataverse.dry_run import DryRunDataverse
+from dataverse.settings import DataverseSettings, IdentitySettings
 
 T = TypeVar("T")
 
@@ -33,6 +38,10 @@ class Services:
         self._ledger: SendLedger | None = None
         self._channel: SmsChannel | None = None
         self._outbound: OutboundService | None = None
+        self._webhook_channels: dict[str, SmsChannel] = {}
+        self._dataverse: DataverseGateway | None = None
+        self._relay_queue: RelayQueue | None = None
+        self._relay: RelayService | None = None
 
     def settings(self) -> AppSettings:
         if self._settings is None:
@@ -71,8 +80,53 @@ class Services:
             )
         return self._outbound
 
+    def webhook_channel(self, provider: str) -> SmsChannel | None:
+        """The adapter that verifies and parses ``provider``'s webhooks; None for unknown providers."""
+        if provider not in PROVIDERS:
+            return None
+        if provider == self.settings().sms_provider.strip().lower():
+            return self.channel()
+        if provider not in self._webhook_channels:
+            self._webhook_channels[provider] = PROVIDERS[provider](self.settings())
+        return self._webhook_channels[provider]
+
+    def dataverse(self) -> DataverseGateway:
+        if self._dataverse is None:
+            settings = load(DataverseSettings)
+            if settings.base_url is None:
+                self._dataverse = DryRunDataverse(
+                    settings.dry_run_file,
+                    organization_id=settings.organization_id,
+                    channel_definitions=settings.channel_definitions,
+                )
+            else:
+                tokens = MsalTokenProvider(load(IdentitySettings), settings.base_url)
+                self._dataverse = DataverseClient(settings, tokens)
+        return self._dataverse
+
+    def relay_queue(self) -> RelayQueue:
+        if self._relay_queue is None:
+            try:
+                self._relay_queue = RelayQueue(self.settings().storage_connection_string())
+            except ValueError:
+                raise ConfigurationError.single(
+                    "AzureWebJobsStorage", "not a storage connection string"
+                ) from None
+        return self._relay_queue
+
+    def relay(self) -> RelayService:
+        if self._relay is None:
+            self._relay = RelayService(
+                ledger=self.ledger(), queue=self.relay_queue(), dataverse=self.dataverse()
+            )
+        return self._relay
+
     async def aclose(self) -> None:
-        if self._channel is not None:
-            await self._channel.aclose()
+        for channel in {id(c): c for c in [self._channel, *self._webhook_channels.values()] if c}.values():
+            await channel.aclose()
+        if self._dataverse is not None:
+            await self._dataverse.aclose()
+        if self._relay_queue is not None:
+            await asyncio.to_thread(self._relay_queue.close)
         if self._ledger is not None:
             await asyncio.to_thread(self._ledger.close)

@@ -66,15 +66,17 @@ async def twilio(fake_twilio: FakeHttpServer, twilio_token: str) -> AsyncIterato
 async def test_twilio_send_posts_what_the_official_sdk_posts(
     twilio: TwilioChannel, fake_twilio: FakeHttpServer, twilio_token: str
 ) -> None:
-    receipt = await twilio.send(send_request(text="Grüße 👋"))
+    request = send_request(text="Grüße 👋")
+    receipt = await twilio.send(request)
 
     sdk = TwilioClient(ACCOUNT_SID, twilio_token)
     sdk.api.base_url = fake_twilio.url
+    callback = "https://sms.example.org/api/providers/twilio/delivery-reports"
     sdk_message = sdk.messages.create(
         to=CUSTOMER,
         from_=OUR_NUMBER,
         body="Grüße 👋",
-        status_callback="https://sms.example.org/api/providers/twilio/delivery-reports",
+        status_callback=f"{callback}?ref={request.channel_definition_id}%2F{request.request_id}",
     )
 
     ours, theirs = fake_twilio.requests
@@ -220,7 +222,7 @@ async def test_acs_send_is_signed_and_shaped_like_the_official_sdk(
         to=CUSTOMER,
         message="Hello from the journey",
         enable_delivery_report=True,
-        tag="req-42",
+        tag=f"{request.channel_definition_id}/req-42",
     )
 
     ours, theirs = fake_acs.requests

@@ -72,7 +72,8 @@ def test_outbound_reaches_twilio_and_answers_the_contract(
         "To": CUSTOMER,
         "From": OUR_NUMBER,
         "Body": "Your appointment is tomorrow at 10:00",
-        "StatusCallback": "https://sms.example.org/api/providers/twilio/delivery-reports",
+        "StatusCallback": "https://sms.example.org/api/providers/twilio/delivery-reports"
+        f"?ref={channel_definition_id}%2Fe2e-1",
     }
     assert answer["MessageId"].startswith("SM")
 
@@ -134,7 +135,13 @@ def test_malformed_input_is_400_never_a_stack_trace(twilio_app: str) -> None:
 def test_health_over_http(twilio_app: str) -> None:
     with client(twilio_app) as http:
         response = http.get("/api/health")
-    assert response.json() == {"status": "ok", "provider": "twilio", "storage": "reachable", "problems": []}
+    assert response.json() == {
+        "status": "ok",
+        "provider": "twilio",
+        "storage": "reachable",
+        "dataverse": "dry-run",
+        "problems": [],
+    }
 
 
 def test_logs_hold_no_phone_numbers_or_secrets(twilio_app: str, host_log: Path, twilio_token: str) -> None:

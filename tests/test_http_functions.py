@@ -253,6 +253,7 @@ async def test_health_reports_provider_and_storage(services: Services) -> None:
         "status": "ok",
         "provider": "simulator",
         "storage": "reachable",
+        "dataverse": "dry-run",
         "problems": [],
     }
 

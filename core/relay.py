@@ -1,0 +1,284 @@
+"""From acknowledged webhook to Dataverse: the relay queue and the job that drains it.
+
+A webhook only verifies, parses and queues (``relay-jobs``); the queue-triggered relay then
+correlates, builds the contract payload and calls Dataverse. Nothing acknowledged is lost:
+
+* a relay that Dataverse refuses for good (a 4xx) goes to ``relay-jobs-poison`` at once;
+* a throttled or failing Dataverse gets the job back later, re-queued with a growing delay (at
+  least its Retry-After), and after MAX_ATTEMPTS into the poison queue;
+* a crash mid-job leaves the message to the Functions host, which redelivers it after
+  ``visibilityTimeout`` and moves it to the same poison queue after ``maxDequeueCount``;
+* each (provider, message id, status) is relayed once: redeliveries and provider retries are
+  recognised in the ``relayedevents`` table. A crash between Dataverse's answer and that record
+  is the one window in which Dataverse can see a relay twice.
+
+``python -m core.replay_poison`` puts poisoned jobs back on the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import Literal
+
+from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.storage.queue import QueueClient
+from pydantic import BaseModel, ConfigDict, Field
+
+from channels.webhooks import DeliveryEvent, DeliveryOutcome, InboundSms
+from contracts import ChannelStatus, InboundPayload, NotificationDetails, NotificationPayload
+from core.ledger import SendLedger, StorageUnavailable
+from core.phones import InvalidPhoneNumber, mask, to_e164
+from dataverse.client import DataverseGateway, DataversePermanentError, DataverseTransientError
+
+__all__ = ["RELAY_QUEUE", "RelayJob", "RelayQueue", "RelayService"]
+
+log = logging.getLogger("sms.relay")
+
+RELAY_QUEUE = "relay-jobs"
+POISON_QUEUE = f"{RELAY_QUEUE}-poison"
+#: Transient failures before a job is poisoned (with the delays below: about four hours).
+MAX_ATTEMPTS = 12
+MAX_DELAY_SECONDS = 1800.0
+#: A delivery report can overtake the send's own record; look again a few times, then give up.
+UNKNOWN_MESSAGE_ATTEMPTS = 3
+UNKNOWN_MESSAGE_DELAY_SECONDS = 20.0
+
+
+class RelayJob(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: Literal["notification", "inbound"]
+    provider: str
+    message_id: str
+    job_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    received_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    attempt: int = 0
+    last_error: str | None = None
+    # delivery reports
+    status: ChannelStatus | None = None
+    provider_status: str | None = None
+    error_code: str | None = None
+    reason: str | None = None
+    description: str | None = None
+    sender: str | None = None
+    correlation: str | None = None
+    # inbound messages
+    customer: str | None = None
+    our_number: str | None = None
+    text: str | None = None
+
+    @classmethod
+    def delivery(cls, event: DeliveryEvent) -> RelayJob:
+        assert event.outcome is not DeliveryOutcome.INTERMEDIATE
+        return cls(
+            kind="notification",
+            provider=event.provider,
+            message_id=event.message_id,
+            status=ChannelStatus(event.outcome.value),
+            provider_status=event.provider_status,
+            error_code=event.error_code,
+            reason=event.reason,
+            description=event.description,
+            sender=event.sender,
+            correlation=event.correlation,
+        )
+
+    @classmethod
+    def inbound(cls, message: InboundSms) -> RelayJob:
+        return cls(
+            kind="inbound",
+            provider=message.provider,
+            message_id=message.message_id,
+            customer=message.sender,
+            our_number=message.recipient,
+            text=message.text,
+        )
+
+    @property
+    def event_key(self) -> str:
+        """Identity for deduplication: the same provider event relayed twice is the same key."""
+        return f"{self.kind}|{self.message_id}|{self.status.value if self.status else ''}"
+
+    def encode(self) -> str:
+        return base64.b64encode(self.model_dump_json(exclude_none=True).encode("utf-8")).decode("ascii")
+
+    @classmethod
+    def decode(cls, body: bytes) -> RelayJob:
+        return cls.model_validate_json(body)
+
+
+class RelayQueue:
+    """The relay queue and its poison queue (Azure Storage queues, base64 like the Functions host)."""
+
+    def __init__(self, connection_string: str, name: str = RELAY_QUEUE) -> None:
+        self._queue, self._poison = (
+            QueueClient.from_connection_string(
+                connection_string, queue, connection_timeout=3, read_timeout=5, retry_total=1
+            )
+            for queue in (name, f"{name}-poison")
+        )
+        self._ready = False
+
+    async def _run(self, fn: object, *args: object, **kwargs: object) -> None:
+        try:
+            if not self._ready:
+                await asyncio.to_thread(self._create)
+                self._ready = True
+            await asyncio.to_thread(fn, *args, **kwargs)  # type: ignore[arg-type]
+        except AzureError as exc:
+            raise StorageUnavailable(f"queue storage: {type(exc).__name__}") from exc
+
+    def _create(self) -> None:
+        for queue in (self._queue, self._poison):
+            with contextlib.suppress(ResourceExistsError):
+                queue.create_queue()
+
+    async def put(self, job: RelayJob, *, delay: float = 0.0) -> None:
+        await self._run(
+            self._queue.send_message, job.encode(), visibility_timeout=int(delay) or None, time_to_live=-1
+        )
+
+    async def put_many(self, jobs: list[RelayJob]) -> None:
+        await asyncio.gather(*(self.put(job) for job in jobs))
+
+    async def poison(self, job: RelayJob, error: str) -> None:
+        failed = job.model_copy(update={"last_error": error[:500]})
+        await self._run(self._poison.send_message, failed.encode(), time_to_live=-1)
+
+    async def poison_raw(self, body: bytes) -> None:
+        await self._run(self._poison.send_message, base64.b64encode(body).decode("ascii"), time_to_live=-1)
+
+    def close(self) -> None:
+        self._queue.close()
+        self._poison.close()
+
+
+class _Unresolvable(Exception):
+    """The job cannot become a Dataverse call, now or later."""
+
+
+class RelayService:
+    def __init__(self, *, ledger: SendLedger, queue: RelayQueue, dataverse: DataverseGateway) -> None:
+        self.ledger = ledger
+        self.queue = queue
+        self.dataverse = dataverse
+
+    async def process(self, job: RelayJob) -> None:
+        context = f"{job.kind} {job.provider} MessageId={job.message_id} job={job.job_id}"
+        if await self.ledger.was_relayed(job.provider, job.event_key):
+            log.info("duplicate %s: already relayed", context)
+            return
+        try:
+            if job.kind == "notification":
+                notification = await self._notification(job, context)
+                if notification is None:
+                    return
+                await self.dataverse.notify(notification)
+                log.info("relayed %s RequestId=%s Status=%s", context, notification.request_id, job.status)
+            else:
+                await self.dataverse.inbound(await self._inbound(job))
+                log.info("relayed %s", context)
+        except (DataversePermanentError, _Unresolvable) as exc:
+            log.error("poisoned %s: %s", context, exc)
+            await self.queue.poison(job, str(exc))
+            return
+        except DataverseTransientError as exc:
+            await self._later(job, context, exc.retry_after, str(exc))
+            return
+        await self.ledger.mark_relayed(job.provider, job.event_key)
+
+    async def _later(self, job: RelayJob, context: str, retry_after: float | None, error: str) -> None:
+        attempt = job.attempt + 1
+        if attempt >= MAX_ATTEMPTS:
+            log.error("poisoned %s after %d attempts: %s", context, attempt, error)
+            await self.queue.poison(job, error)
+            return
+        delay = min(max(retry_after or 0.0, 5.0 * 2**job.attempt), MAX_DELAY_SECONDS)
+        log.warning("%s not relayed (%s); attempt %d again in %.0fs", context, error, attempt + 1, delay)
+        await self.queue.put(
+            job.model_copy(update={"attempt": attempt, "last_error": error[:500]}), delay=delay
+        )
+
+    async def _notification(self, job: RelayJob, context: str) -> NotificationPayload | None:
+        assert job.status is not None
+        record = await self.ledger.find_message(job.provider, job.message_id)
+        if record is not None:
+            channel_definition_id, request_id, sender = (
+                record.channel_definition_id,
+                record.request_id,
+                record.sender,
+            )
+        elif (echoed := _correlation(job.correlation)) is not None and job.sender:
+            channel_definition_id, request_id = echoed
+            sender = job.sender
+        elif job.attempt + 1 < UNKNOWN_MESSAGE_ATTEMPTS:
+            log.info(
+                "%s: message id not known yet; looking again in %.0fs", context, UNKNOWN_MESSAGE_DELAY_SECONDS
+            )
+            await self.queue.put(
+                job.model_copy(update={"attempt": job.attempt + 1}), delay=UNKNOWN_MESSAGE_DELAY_SECONDS
+            )
+            return None
+        else:
+            log.warning("%s: no send of this app has this message id; dropped", context)
+            return None
+        status_details = {"Provider": job.provider, "ProviderStatus": job.provider_status}
+        if job.error_code:
+            status_details["ErrorCode"] = job.error_code
+        details = None
+        if job.status is ChannelStatus.NOT_DELIVERED:
+            details = NotificationDetails(
+                reason=job.reason or "Unknown",
+                message=job.description or f"{job.provider} status {job.provider_status}",
+            )
+        return NotificationPayload(
+            channel_definition_id=channel_definition_id,
+            request_id=request_id,
+            message_id=job.message_id,
+            from_=sender,
+            organization_id=await self.dataverse.organization_id(),
+            status=job.status,
+            status_details=status_details,
+            details=details,
+        )
+
+    async def _inbound(self, job: RelayJob) -> InboundPayload:
+        our_number, customer = _e164(job.our_number), _e164(job.customer)
+        if not our_number or not customer:
+            raise _Unresolvable("inbound message without both numbers")
+        channel_definition_id = await self.dataverse.channel_definition_for(our_number)
+        if channel_definition_id is None:
+            raise _Unresolvable(f"no channel instance has the contact point {mask(our_number)}")
+        return InboundPayload(
+            channel_definition_id=channel_definition_id,
+            to=our_number,
+            from_=customer,
+            organization_id=await self.dataverse.organization_id(),
+            message={"text": job.text or ""},
+        )
+
+
+def _correlation(value: str | None) -> tuple[uuid.UUID, str] | None:
+    if not value:
+        return None
+    definition, sep, request_id = value.partition("/")
+    try:
+        return (uuid.UUID(definition), request_id) if sep and request_id else None
+    except ValueError:
+        return None
+
+
+def _e164(number: str | None) -> str | None:
+    """Numbers as E.164; short codes and sender names, which are not phone numbers, stay as they are."""
+    if not number:
+        return None
+    candidate = number if number.startswith("+") or not number.isdigit() else f"+{number}"
+    try:
+        return to_e164(candidate)
+    except InvalidPhoneNumber:
+        return number

@@ -1,0 +1,87 @@
+"""Dataverse and Entra settings, named as in azure-identity's environment convention."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+from uuid import UUID
+
+from pydantic import Field, HttpUrl, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["DataverseSettings", "IdentitySettings"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class DataverseSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DATAVERSE_", extra="ignore", env_ignore_empty=True)
+
+    #: e.g. https://contoso.crm.dynamics.com; unset = dry run (relays written to ``dry_run_file``).
+    url: HttpUrl | None = None
+    #: Skips the WhoAmI call when set.
+    organization_id: str | None = None
+    #: Requests in flight per process (Dataverse refuses more than 52 per user and web server).
+    max_concurrency: int = Field(default=8, ge=1, le=52)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=120)
+    dry_run_file: Path = Path("dataverse-dry-run.jsonl")
+    #: "number=ChannelDefinitionId,…": our numbers' channel definitions, skipping the lookup in Dataverse.
+    channel_definitions: Annotated[dict[str, UUID], NoDecode] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _https_unless_loopback(cls, value: HttpUrl | None) -> HttpUrl | None:
+        if (
+            value is not None
+            and value.scheme != "https"
+            and not _is_loopback(urlsplit(str(value)).hostname or "")
+        ):
+            raise ValueError("must be https (plain http is accepted for loopback addresses only)")
+        return value
+
+    @field_validator("channel_definitions", mode="before")
+    @classmethod
+    def _pairs(cls, value: object) -> object:
+        if isinstance(value, str):
+            from core.phones import to_e164
+
+            pairs: dict[str, str] = {}
+            for item in value.split(","):
+                if not item.strip():
+                    continue
+                number, sep, definition = item.partition("=")
+                if not sep:
+                    raise ValueError("expected number=ChannelDefinitionId pairs separated by commas")
+                pairs[to_e164(number.strip())] = definition.strip()
+            return pairs
+        return value
+
+    @property
+    def base_url(self) -> str | None:
+        return str(self.url).rstrip("/") if self.url is not None else None
+
+
+class IdentitySettings(BaseSettings):
+    """Client secret, else certificate, else managed identity (AZURE_CLIENT_ID = user-assigned)."""
+
+    model_config = SettingsConfigDict(env_prefix="AZURE_", extra="ignore", env_ignore_empty=True)
+
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_certificate_path: Path | None = None
+    client_certificate_password: SecretStr | None = None
+    authority_host: HttpUrl = HttpUrl("https://login.microsoftonline.com")
+
+    @property
+    def uses_app_registration(self) -> bool:
+        return self.client_secret is not None or self.client_certificate_path is not None
