@@ -29,7 +29,7 @@ class MsalTokenProvider:
         self.identity = identity
         self.resource = resource.rstrip("/")
         self._app: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         #: Token requests MSAL sent to the identity provider (not served from its cache).
         self.fetched = 0
 
@@ -80,19 +80,17 @@ class MsalTokenProvider:
 
     def acquire(self) -> str:
         """A valid access token (blocking: call it in a thread)."""
+        # One caller at a time: concurrent cache misses would each ask the identity provider.
         with self._lock:
             if self._app is None:
                 self._app = self._build()
-            app = self._app
-        try:
-            if not self.identity.uses_app_registration:  # msal.ManagedIdentityClient
-                result = app.acquire_token_for_client(resource=self.resource)
-            else:
-                result = app.acquire_token_for_client(scopes=[f"{self.resource}/.default"])
-        except ConfigurationError:
-            raise
-        except Exception as exc:  # msal and requests raise many types
-            raise TokenUnavailable(f"token request failed ({type(exc).__name__})") from None
+            try:
+                if not self.identity.uses_app_registration:  # msal.ManagedIdentityClient
+                    result = self._app.acquire_token_for_client(resource=self.resource)
+                else:
+                    result = self._app.acquire_token_for_client(scopes=[f"{self.resource}/.default"])
+            except Exception as exc:  # msal and requests raise many types
+                raise TokenUnavailable(f"token request failed ({type(exc).__name__})") from None
         token = result.get("access_token")
         if not token:
             raise TokenUnavailable(f"token refused: {result.get('error', 'unknown error')}")

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +15,10 @@ from channels.simulator import SimulatorSettings
 from channels.twilio import TwilioSettings
 from core.ledger import SendLedger
 from core.settings import AppSettings
+from dataverse.settings import DataverseSettings, IdentitySettings
 from tests.fakes.azurite import Azurite, start_azurite
+from tests.fakes.dataverse import FakeDataverse, FakeEntra
+from tests.fakes.http import FakeHttpServer
 from tests.fakes.tls import LocalCA, make_local_ca
 
 #: Fictional numbers: NANPA reserves 555-0100 to 555-0199 for fiction; never real subscribers.
@@ -22,8 +27,15 @@ OUR_NUMBER = "+14155550100"
 
 
 def _setting_names() -> set[str]:
-    names = {"AZUREWEBJOBSSTORAGE"}
-    for cls in (AppSettings, SimulatorSettings, TwilioSettings, AcsSettings):
+    names = {"AZUREWEBJOBSSTORAGE", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET"}
+    for cls in (
+        AppSettings,
+        SimulatorSettings,
+        TwilioSettings,
+        AcsSettings,
+        DataverseSettings,
+        IdentitySettings,
+    ):
         prefix = cls.model_config.get("env_prefix", "")
         for name, field in cls.model_fields.items():
             alias = field.validation_alias
@@ -91,3 +103,39 @@ def payload_json(
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- Entra and Dataverse -------------------------------------------------------------------------
+
+TENANT_ID = "11111111-2222-3333-4444-555555555555"
+CLIENT_ID = "66666666-7777-8888-9999-000000000000"
+
+
+@dataclass
+class DataverseWorld:
+    entra: FakeEntra
+    dataverse: FakeDataverse
+    entra_url: str
+    dataverse_url: str
+    client_secret: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "DATAVERSE_URL": self.dataverse_url,
+            "AZURE_TENANT_ID": TENANT_ID,
+            "AZURE_CLIENT_ID": CLIENT_ID,
+            "AZURE_CLIENT_SECRET": self.client_secret,
+            "AZURE_AUTHORITY_HOST": self.entra_url,
+        }
+
+
+@pytest.fixture
+def dataverse_world(trust_test_ca: LocalCA) -> Iterator[DataverseWorld]:
+    secret = secrets.token_urlsafe(16)
+    entra = FakeEntra(TENANT_ID, CLIENT_ID, client_secret=secret)
+    dataverse = FakeDataverse(entra)
+    with (
+        FakeHttpServer(entra, tls=trust_test_ca.server_context()) as entra_server,
+        FakeHttpServer(dataverse, tls=trust_test_ca.server_context()) as dataverse_server,
+    ):
+        yield DataverseWorld(entra, dataverse, entra_server.url, dataverse_server.url, secret)
