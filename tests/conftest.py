@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import uuid
@@ -9,11 +10,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import QueueClient
 
 from channels.acs import AcsSettings
 from channels.simulator import SimulatorSettings
 from channels.twilio import TwilioSettings
 from core.ledger import SendLedger
+from core.relay import POISON_QUEUE, RELAY_QUEUE, RelayJob
 from core.settings import AppSettings
 from dataverse.settings import DataverseSettings, IdentitySettings
 from tests.fakes.azurite import Azurite, start_azurite
@@ -139,3 +143,34 @@ def dataverse_world(trust_test_ca: LocalCA) -> Iterator[DataverseWorld]:
         FakeHttpServer(dataverse, tls=trust_test_ca.server_context()) as dataverse_server,
     ):
         yield DataverseWorld(entra, dataverse, entra_server.url, dataverse_server.url, secret)
+
+
+@dataclass
+class RelayQueues:
+    jobs: QueueClient
+    poison: QueueClient
+
+    def clear(self) -> None:
+        for queue in (self.jobs, self.poison):
+            try:
+                queue.create_queue()
+            except ResourceExistsError:
+                queue.clear_messages()
+
+    def count(self, queue: QueueClient) -> int:
+        return int(queue.get_queue_properties().approximate_message_count)
+
+    def visible_jobs(self, queue: QueueClient) -> list[RelayJob]:
+        return [RelayJob.decode(base64.b64decode(m.content)) for m in queue.peek_messages(max_messages=32)]
+
+
+@pytest.fixture
+def relay_queues(azurite: Azurite) -> Iterator[RelayQueues]:
+    queues = RelayQueues(
+        QueueClient.from_connection_string(azurite.connection_string, RELAY_QUEUE),
+        QueueClient.from_connection_string(azurite.connection_string, POISON_QUEUE),
+    )
+    queues.clear()
+    yield queues
+    queues.jobs.close()
+    queues.poison.close()

@@ -108,6 +108,8 @@ class FakeDataverse:
     faults: list[Reply] = field(default_factory=list)
     #: Seconds every answer takes (a real Dataverse takes tens of milliseconds).
     latency: float = 0.0
+    #: Seconds the next request alone is held before it is answered (a timeout for the client).
+    stall_next: float = 0.0
     notifications: list[dict[str, Any]] = field(default_factory=list)
     inbound: list[dict[str, Any]] = field(default_factory=list)
     calls: list[tuple[float, Recorded]] = field(default_factory=list)
@@ -117,8 +119,9 @@ class FakeDataverse:
         with self._lock:
             self.calls.append((time.monotonic(), request))
             fault = self.faults.pop(0) if self.faults else None
-        if self.latency:
-            time.sleep(self.latency)
+            stall, self.stall_next = self.stall_next, 0.0
+        if self.latency or stall:
+            time.sleep(self.latency + stall)
         if fault is not None:
             return fault
         token = request.headers.get("authorization", "").removeprefix("Bearer ")

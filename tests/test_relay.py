@@ -1,0 +1,277 @@
+"""The relay job: correlation, the contract payloads, dedupe, back-off and the poison queue."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import azure.functions as func
+import pytest
+from pydantic import SecretStr
+
+from blueprints import relay as relay_blueprint
+from contracts import ChannelStatus
+from core.ledger import SendLedger, SendRecord, SendState
+from core.relay import MAX_ATTEMPTS, UNKNOWN_MESSAGE_ATTEMPTS, RelayJob, RelayQueue, RelayService
+from core.replay_poison import replay
+from core.services import Services
+from dataverse.auth import MsalTokenProvider
+from dataverse.client import DataverseClient
+from dataverse.dry_run import DryRunDataverse
+from dataverse.settings import DataverseSettings, IdentitySettings
+from tests.conftest import CLIENT_ID, CUSTOMER, OUR_NUMBER, TENANT_ID, DataverseWorld, RelayQueues
+from tests.fakes.azurite import Azurite
+from tests.fakes.http import Reply
+
+
+@pytest.fixture
+async def dataverse(dataverse_world: DataverseWorld) -> AsyncIterator[DataverseClient]:
+    identity = IdentitySettings(
+        tenant_id=TENANT_ID,
+        client_id=CLIENT_ID,
+        client_secret=SecretStr(dataverse_world.client_secret),
+        authority_host=dataverse_world.entra_url,
+    )  # type: ignore[arg-type]
+    client = DataverseClient(
+        DataverseSettings(url=dataverse_world.dataverse_url),  # type: ignore[arg-type]
+        MsalTokenProvider(identity, dataverse_world.dataverse_url),
+    )
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def queue(azurite: Azurite, relay_queues: RelayQueues) -> AsyncIterator[RelayQueue]:
+    relay_queue = RelayQueue(azurite.connection_string)
+    yield relay_queue
+    relay_queue.close()
+
+
+@pytest.fixture
+def service(ledger: SendLedger, queue: RelayQueue, dataverse: DataverseClient) -> RelayService:
+    return RelayService(ledger=ledger, queue=queue, dataverse=dataverse)
+
+
+async def sent_message(ledger: SendLedger, provider: str = "twilio") -> tuple[SendRecord, str]:
+    now = datetime.now(timezone.utc)
+    record = SendRecord(
+        channel_definition_id=uuid.uuid4(),
+        request_id=f"req-{uuid.uuid4().hex[:8]}",
+        state=SendState.SENT,
+        provider=provider,
+        sender=OUR_NUMBER,
+        fingerprint="f",
+        idempotency_key=uuid.uuid4(),
+        first_attempt_at=now,
+        lease_until=now,
+        expires_at=now + timedelta(days=1),
+        segments=1,
+        encoding="GSM-7",
+    )
+    message_id = "SM" + uuid.uuid4().hex
+    await ledger.remember_message(record, message_id)
+    return record, message_id
+
+
+def delivered(message_id: str, status: ChannelStatus = ChannelStatus.DELIVERED, **extra: object) -> RelayJob:
+    return RelayJob(
+        kind="notification",
+        provider="twilio",
+        message_id=message_id,
+        status=status,
+        provider_status="delivered" if status is ChannelStatus.DELIVERED else "undelivered",
+        **extra,
+    )
+
+
+async def test_delivery_report_becomes_the_notification_contract(
+    service: RelayService, ledger: SendLedger, dataverse_world: DataverseWorld
+) -> None:
+    record, message_id = await sent_message(ledger)
+    await service.process(
+        delivered(
+            message_id,
+            ChannelStatus.NOT_DELIVERED,
+            error_code="30003",
+            reason="Unreachable",
+            description="Unreachable destination handset",
+        )
+    )
+    assert dataverse_world.dataverse.notification_payloads() == [
+        {
+            "ChannelDefinitionId": str(record.channel_definition_id),
+            "RequestId": record.request_id,
+            "MessageId": message_id,
+            "From": OUR_NUMBER,
+            "OrganizationId": dataverse_world.dataverse.organization_id,
+            "Status": "NotDelivered",
+            "StatusDetails": {"Provider": "twilio", "ProviderStatus": "undelivered", "ErrorCode": "30003"},
+            "Details": {"Reason": "Unreachable", "Message": "Unreachable destination handset"},
+        }
+    ]
+
+
+async def test_redelivered_and_retried_reports_are_relayed_once(
+    service: RelayService, ledger: SendLedger, dataverse_world: DataverseWorld
+) -> None:
+    _, message_id = await sent_message(ledger)
+    job = delivered(message_id)
+    await service.process(job)
+    await service.process(job)  # the queue redelivered it
+    await service.process(delivered(message_id))  # the provider posted it again
+    await service.process(delivered(message_id, ChannelStatus.NOT_DELIVERED))  # another final status
+    statuses = [n["Status"] for n in dataverse_world.dataverse.notification_payloads()]
+    assert statuses == ["Delivered", "NotDelivered"]
+
+
+async def test_echoed_reference_correlates_when_no_record_exists(
+    service: RelayService, dataverse_world: DataverseWorld
+) -> None:
+    definition = uuid.uuid4()
+    await service.process(delivered("SMunrecorded", correlation=f"{definition}/req-echo", sender=OUR_NUMBER))
+    [payload] = dataverse_world.dataverse.notification_payloads()
+    assert (payload["ChannelDefinitionId"], payload["RequestId"], payload["From"]) == (
+        str(definition),
+        "req-echo",
+        OUR_NUMBER,
+    )
+
+
+async def test_unknown_message_id_is_looked_up_again_then_dropped(
+    service: RelayService,
+    relay_queues: RelayQueues,
+    dataverse_world: DataverseWorld,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await service.process(delivered("SMunknown"))
+    assert relay_queues.count(relay_queues.jobs) == 1  # back on the queue, invisible for a while
+    await service.process(delivered("SMunknown", attempt=UNKNOWN_MESSAGE_ATTEMPTS - 1))
+    assert relay_queues.count(relay_queues.jobs) == 1 and relay_queues.count(relay_queues.poison) == 0
+    assert "no send of this app has this message id; dropped" in caplog.text
+    assert dataverse_world.dataverse.notifications == []
+
+
+async def test_rejected_relay_goes_to_the_poison_queue(
+    service: RelayService, ledger: SendLedger, relay_queues: RelayQueues, dataverse_world: DataverseWorld
+) -> None:
+    _, message_id = await sent_message(ledger)
+    await service.dataverse.organization_id()
+    dataverse_world.dataverse.faults = [
+        Reply(400, {"error": {"code": "0x80040265", "message": "bad payload"}})
+    ]
+    await service.process(delivered(message_id))
+    [poisoned] = relay_queues.visible_jobs(relay_queues.poison)
+    assert poisoned.message_id == message_id and "0x80040265" in (poisoned.last_error or "")
+    assert relay_queues.count(relay_queues.jobs) == 0
+    assert not await ledger.was_relayed("twilio", poisoned.event_key)
+
+
+async def test_unavailable_dataverse_is_retried_later_then_poisoned(
+    service: RelayService, ledger: SendLedger, relay_queues: RelayQueues, dataverse_world: DataverseWorld
+) -> None:
+    _, message_id = await sent_message(ledger)
+    await service.dataverse.organization_id()
+    dataverse_world.dataverse.faults = [Reply(503, {}, {"Retry-After": "120"})] * 2
+    await service.process(delivered(message_id))
+    assert relay_queues.count(relay_queues.jobs) == 1  # re-queued, invisible for Retry-After
+    await service.process(delivered(message_id, attempt=MAX_ATTEMPTS - 1))
+    assert relay_queues.count(relay_queues.poison) == 1
+    assert dataverse_world.dataverse.notifications == []
+
+
+async def test_inbound_resolves_the_channel_definition_from_our_number(
+    service: RelayService, dataverse_world: DataverseWorld, relay_queues: RelayQueues
+) -> None:
+    definition = str(uuid.uuid4())
+    dataverse_world.dataverse.channel_instances[OUR_NUMBER] = definition
+    await service.process(
+        RelayJob(
+            kind="inbound",
+            provider="acs",
+            message_id="Incoming_1",
+            customer=CUSTOMER.lstrip("+"),
+            our_number=OUR_NUMBER,
+            text="STOP",
+        )
+    )
+    await service.process(
+        RelayJob(
+            kind="inbound",
+            provider="acs",
+            message_id="Incoming_2",
+            customer=CUSTOMER,
+            our_number="+14155550199",
+            text="hi",
+        )
+    )
+    assert dataverse_world.dataverse.inbound_payloads() == [
+        {
+            "ChannelDefinitionId": definition,
+            "To": OUR_NUMBER,
+            "From": CUSTOMER,
+            "OrganizationId": dataverse_world.dataverse.organization_id,
+            "Message": {"text": "STOP"},
+        }
+    ]
+    [poisoned] = relay_queues.visible_jobs(relay_queues.poison)
+    assert poisoned.message_id == "Incoming_2" and "+1415****0199" in (poisoned.last_error or "")
+
+
+async def test_dry_run_keeps_the_exact_bodies(ledger: SendLedger, queue: RelayQueue, tmp_path: Path) -> None:
+    sink = tmp_path / "relays.jsonl"
+    definition = uuid.uuid4()
+    service = RelayService(
+        ledger=ledger,
+        queue=queue,
+        dataverse=DryRunDataverse(sink, channel_definitions={OUR_NUMBER: definition}),
+    )
+    record, message_id = await sent_message(ledger)
+    await service.process(delivered(message_id))
+    await service.process(
+        RelayJob(
+            kind="inbound",
+            provider="twilio",
+            message_id="SMin",
+            customer=CUSTOMER,
+            our_number=OUR_NUMBER,
+            text="yes",
+        )
+    )
+    notification, inbound = (json.loads(line) for line in sink.read_text().splitlines())
+    assert notification["api"] == "msdyn_D365ChannelsNotification"
+    assert json.loads(notification["body"]["notificationPayLoad"])["RequestId"] == record.request_id
+    assert inbound["api"] == "msdyn_D365ChannelsInbound"
+    assert json.loads(inbound["body"]["inboundPayLoad"])["ChannelDefinitionId"] == str(definition)
+
+
+async def test_replay_puts_poisoned_jobs_back(
+    azurite: Azurite, queue: RelayQueue, relay_queues: RelayQueues
+) -> None:
+    await queue.poison(delivered("SMpoisoned", attempt=5), "HTTP 400")
+    await queue.poison_raw(b"not a job")
+    replayed, unreadable = replay(azurite.connection_string)
+    assert (replayed, unreadable) == (1, 1)
+    [job] = relay_queues.visible_jobs(relay_queues.jobs)
+    assert (job.message_id, job.attempt, job.last_error) == ("SMpoisoned", 0, None)
+
+
+async def test_unreadable_queue_message_goes_to_poison(
+    azurite: Azurite,
+    relay_queues: RelayQueues,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    services = Services()
+    app = func.FunctionApp()
+    app.register_functions(relay_blueprint.blueprint(services))
+    [function] = app.get_functions()
+    await function.get_user_function()(msg=func.QueueMessage(id="m1", body=b'{"kind": "nonsense"}'))
+    await services.aclose()
+    [message] = list(relay_queues.poison.peek_messages())
+    assert base64.b64decode(message.content) == b'{"kind": "nonsense"}'
+    assert "not a relay job" in caplog.text
