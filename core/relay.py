@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from azure.core.exceptions import AzureError, ResourceExistsError
-from azure.storage.queue import QueueClient
+from azure.storage.queue import LinearRetry, QueueClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from channels.webhooks import DeliveryEvent, DeliveryOutcome, InboundSms
@@ -116,9 +116,12 @@ class RelayQueue:
     """The relay queue and its poison queue (Azure Storage queues, base64 like the Functions host)."""
 
     def __init__(self, connection_string: str, name: str = RELAY_QUEUE) -> None:
+        # Webhooks wait for the enqueue: fail within about a second rather than the SDK's default
+        # 15-second back-off, so the provider gets its 503 well inside its own timeout.
+        retry = LinearRetry(backoff=1, random_jitter_range=1, retry_total=1)
         self._queue, self._poison = (
             QueueClient.from_connection_string(
-                connection_string, queue, connection_timeout=3, read_timeout=5, retry_total=1
+                connection_string, queue, connection_timeout=3, read_timeout=5, retry_policy=retry
             )
             for queue in (name, f"{name}-poison")
         )

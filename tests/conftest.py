@@ -172,5 +172,6 @@ def relay_queues(azurite: Azurite) -> Iterator[RelayQueues]:
     )
     queues.clear()
     yield queues
+    queues.clear()  # leave nothing for a later test's local host to relay
     queues.jobs.close()
     queues.poison.close()

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -38,6 +39,8 @@ def local_host(
         if k in ("PATH", "HOME", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "LANG", "SYSTEMROOT")
     }
     child_env.update(env)
+    # dry-run relays go to a scratch file, never into the checkout
+    child_env.setdefault("DATAVERSE_DRY_RUN_FILE", str(Path(tempfile.mkdtemp()) / "dry-run.jsonl"))
     child_env["PYTHONUNBUFFERED"] = "1"
     command = [sys.executable, "-m", "devhost", "--port", str(port), "--module", module]
     if host_json is not None:
