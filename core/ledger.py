@@ -38,7 +38,7 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from contracts.base import StrEnum
 
-__all__ = ["MessageRecord", "SendLedger", "SendRecord", "SendState", "StorageUnavailable"]
+__all__ = ["MessageRecord", "RelayClaim", "SendLedger", "SendRecord", "SendState", "StorageUnavailable"]
 
 SENDS_TABLE = "outboundsends"
 MESSAGES_TABLE = "smsmessages"
@@ -47,6 +47,14 @@ RELAYED_TABLE = "relayedevents"
 
 class StorageUnavailable(Exception):
     """Table Storage could not be reached or answered an unexpected error."""
+
+
+class RelayClaim(StrEnum):
+    CLAIMED = "Claimed"
+    #: Already relayed: a duplicate.
+    DONE = "Done"
+    #: Another worker holds an unexpired claim.
+    BUSY = "Busy"
 
 
 class SendState(StrEnum):
@@ -273,21 +281,54 @@ class SendLedger:
 
     # -- relays ------------------------------------------------------------------------------
 
-    async def was_relayed(self, provider: str, event_key: str) -> bool:
-        try:
-            await self._call(self._relayed.get_entity, provider, row_key(event_key), select=["PartitionKey"])
-        except ResourceNotFoundError:
-            return False
-        return True
-
-    async def mark_relayed(self, provider: str, event_key: str) -> None:
+    async def claim_relay(self, provider: str, event_key: str, *, lease_seconds: float) -> RelayClaim:
+        """Take the right to relay one event: exactly one caller at a time gets CLAIMED."""
         entity = {
             "PartitionKey": provider,
             "RowKey": row_key(event_key),
+            "State": "Relaying",
+            "LeaseUntil": self.lease(lease_seconds),
+            "ExpiresAt": self.expiry(),
+        }
+        try:
+            await self._call(self._relayed.create_entity, entity)
+            return RelayClaim.CLAIMED
+        except ResourceExistsError:
+            pass
+        try:
+            existing = await self._call(self._relayed.get_entity, provider, row_key(event_key))
+        except ResourceNotFoundError:  # released in between: the next attempt will claim it
+            return RelayClaim.BUSY
+        if existing.get("State") == "Relayed":
+            return RelayClaim.DONE
+        if _utc(existing["LeaseUntil"]) > self.now:
+            return RelayClaim.BUSY
+        try:  # the claimant died mid-relay: take its claim over
+            await self._call(
+                self._relayed.update_entity,
+                entity,
+                mode=UpdateMode.REPLACE,
+                etag=existing.metadata.get("etag"),
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except ResourceModifiedError:
+            return RelayClaim.BUSY
+        return RelayClaim.CLAIMED
+
+    async def finish_relay(self, provider: str, event_key: str) -> None:
+        entity = {
+            "PartitionKey": provider,
+            "RowKey": row_key(event_key),
+            "State": "Relayed",
             "RelayedAt": self.now,
             "ExpiresAt": self.expiry(),
         }
         await self._call(self._relayed.upsert_entity, entity, mode=UpdateMode.REPLACE)
+
+    async def release_relay(self, provider: str, event_key: str) -> None:
+        """Give a claim back (the relay failed), so that a later attempt can claim it."""
+        with contextlib.suppress(ResourceNotFoundError):
+            await self._call(self._relayed.delete_entity, provider, row_key(event_key))
 
     # -- retention ---------------------------------------------------------------------------
 

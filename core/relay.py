@@ -8,9 +8,11 @@ correlates, builds the contract payload and calls Dataverse. Nothing acknowledge
   least its Retry-After), and after MAX_ATTEMPTS into the poison queue;
 * a crash mid-job leaves the message to the Functions host, which redelivers it after
   ``visibilityTimeout`` and moves it to the same poison queue after ``maxDequeueCount``;
-* each (provider, message id, status) is relayed once: redeliveries and provider retries are
-  recognised in the ``relayedevents`` table. A crash between Dataverse's answer and that record
-  is the one window in which Dataverse can see a relay twice.
+* each (provider, message id, status) is relayed once: a worker claims the event in the
+  ``relayedevents`` table before calling Dataverse (one insert wins), so concurrent duplicates,
+  redeliveries and provider retries never call twice. A worker that dies after Dataverse
+  processed its call but before the event was marked relayed is the one window in which
+  Dataverse can see a relay twice (the claim is taken over after RELAY_LEASE_SECONDS).
 
 ``python -m core.replay_poison`` puts poisoned jobs back on the queue.
 """
@@ -31,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from channels.webhooks import DeliveryEvent, DeliveryOutcome, InboundSms
 from contracts import ChannelStatus, InboundPayload, NotificationDetails, NotificationPayload
-from core.ledger import SendLedger, StorageUnavailable
+from core.ledger import RelayClaim, SendLedger, StorageUnavailable
 from core.phones import InvalidPhoneNumber, mask, to_e164
 from dataverse.client import DataverseGateway, DataversePermanentError, DataverseTransientError
 
@@ -47,6 +49,9 @@ MAX_DELAY_SECONDS = 1800.0
 #: A delivery report can overtake the send's own record; look again a few times, then give up.
 UNKNOWN_MESSAGE_ATTEMPTS = 3
 UNKNOWN_MESSAGE_DELAY_SECONDS = 20.0
+#: How long a worker's claim on an event stands before another may take it over (it died).
+RELAY_LEASE_SECONDS = 120.0
+MARK_ATTEMPTS = 4
 
 
 class RelayJob(BaseModel):
@@ -173,27 +178,62 @@ class RelayService:
 
     async def process(self, job: RelayJob) -> None:
         context = f"{job.kind} {job.provider} MessageId={job.message_id} job={job.job_id}"
-        if await self.ledger.was_relayed(job.provider, job.event_key):
+        claim = await self.ledger.claim_relay(job.provider, job.event_key, lease_seconds=RELAY_LEASE_SECONDS)
+        if claim is RelayClaim.DONE:
             log.info("duplicate %s: already relayed", context)
             return
+        if claim is RelayClaim.BUSY:  # a duplicate being relayed right now; look again once it is done
+            await self.queue.put(job, delay=RELAY_LEASE_SECONDS)
+            return
+        try:
+            relayed = await self._relay(job, context)
+        except BaseException:
+            await self.ledger.release_relay(job.provider, job.event_key)
+            raise
+        if relayed:
+            await self._mark_relayed(job, context)
+
+    async def _relay(self, job: RelayJob, context: str) -> bool:
+        """Call Dataverse; True once it accepted. Failures release the claim and are handled here."""
         try:
             if job.kind == "notification":
                 notification = await self._notification(job, context)
                 if notification is None:
-                    return
+                    await self.ledger.release_relay(job.provider, job.event_key)
+                    return False
                 await self.dataverse.notify(notification)
                 log.info("relayed %s RequestId=%s Status=%s", context, notification.request_id, job.status)
             else:
                 await self.dataverse.inbound(await self._inbound(job))
                 log.info("relayed %s", context)
         except (DataversePermanentError, _Unresolvable) as exc:
+            await self.ledger.release_relay(job.provider, job.event_key)
             log.error("poisoned %s: %s", context, exc)
             await self.queue.poison(job, str(exc))
-            return
+            return False
         except DataverseTransientError as exc:
+            await self.ledger.release_relay(job.provider, job.event_key)
             await self._later(job, context, exc.retry_after, str(exc))
-            return
-        await self.ledger.mark_relayed(job.provider, job.event_key)
+            return False
+        return True
+
+    async def _mark_relayed(self, job: RelayJob, context: str) -> None:
+        """Dataverse has it: record that, but never fail the job now (a retry would relay it again)."""
+        for attempt in range(MARK_ATTEMPTS):
+            try:
+                await self.ledger.finish_relay(job.provider, job.event_key)
+                return
+            except StorageUnavailable as exc:
+                if attempt + 1 == MARK_ATTEMPTS:
+                    log.error(
+                        "relayed %s but could not record it (%s); a provider retry after %.0fs could "
+                        "relay it again",
+                        context,
+                        exc,
+                        RELAY_LEASE_SECONDS,
+                    )
+                    return
+                await asyncio.sleep(0.5 * 2**attempt)
 
     async def _later(self, job: RelayJob, context: str, retry_after: float | None, error: str) -> None:
         attempt = job.attempt + 1

@@ -27,6 +27,9 @@ from devhost.asgi import invoke
 
 log = logging.getLogger("devhost.queues")
 
+#: How long a received message stays invisible, renewed at half-time while its function runs.
+PROCESSING_VISIBILITY_SECONDS = 60
+
 
 @dataclass(frozen=True)
 class QueueOptions:
@@ -105,7 +108,7 @@ class QueueWorker:
                 self.queue.receive_messages(
                     messages_per_page=self.options.batch_size,
                     max_messages=self.options.batch_size,
-                    visibility_timeout=max(visibility, 30),
+                    visibility_timeout=PROCESSING_VISIBILITY_SECONDS,
                 )
             )
         )
@@ -126,18 +129,38 @@ class QueueWorker:
             insertion_time=message.inserted_on,
             expiration_time=message.expires_on,
         )
+        current = message
+        done = asyncio.Event()
+
+        async def keep_invisible() -> None:
+            # like the Functions host: a message being processed does not reappear for another worker
+            nonlocal current
+            while True:
+                try:
+                    await asyncio.wait_for(done.wait(), timeout=PROCESSING_VISIBILITY_SECONDS / 2)
+                    return
+                except asyncio.TimeoutError:
+                    current = await asyncio.to_thread(
+                        self.queue.update_message, current, visibility_timeout=PROCESSING_VISIBILITY_SECONDS
+                    )
+
+        renewal = asyncio.create_task(keep_invisible())
         try:
             await invoke(self.handler, **{self.arg_name: queue_message})
+            failed = False
         except Exception:
             log.exception(
                 "function %s failed on message %s (dequeue %s)", self.name, message.id, message.dequeue_count
             )
-            if dequeue_count >= self.options.max_dequeue_count:
-                await self._to_poison(message, body)
-            else:
-                await asyncio.to_thread(self.queue.update_message, message, visibility_timeout=visibility)
-            return
-        await asyncio.to_thread(self.queue.delete_message, message)
+            failed = True
+        done.set()
+        await renewal  # an update in flight changes the pop receipt: wait for it
+        if not failed:
+            await asyncio.to_thread(self.queue.delete_message, current)
+        elif dequeue_count >= self.options.max_dequeue_count:
+            await self._to_poison(current, body)
+        else:
+            await asyncio.to_thread(self.queue.update_message, current, visibility_timeout=visibility)
 
     async def _to_poison(self, message: QueueMessage, body: bytes) -> None:
         await asyncio.to_thread(self.poison.send_message, base64.b64encode(body).decode("ascii"))

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient
+from pydantic import SecretStr
 
 from channels.acs import AcsSettings
 from channels.simulator import SimulatorSettings
@@ -19,6 +21,8 @@ from channels.twilio import TwilioSettings
 from core.ledger import SendLedger
 from core.relay import POISON_QUEUE, RELAY_QUEUE, RelayJob
 from core.settings import AppSettings
+from dataverse.auth import MsalTokenProvider
+from dataverse.client import DataverseClient
 from dataverse.settings import DataverseSettings, IdentitySettings
 from tests.fakes.azurite import Azurite, start_azurite
 from tests.fakes.dataverse import FakeDataverse, FakeEntra
@@ -122,6 +126,19 @@ class DataverseWorld:
     entra_url: str
     dataverse_url: str
     client_secret: str
+
+    def client(self, **settings: Any) -> DataverseClient:
+        """A real DataverseClient (real MSAL) pointed at these fakes."""
+        identity = IdentitySettings(
+            tenant_id=TENANT_ID,
+            client_id=CLIENT_ID,
+            client_secret=SecretStr(self.client_secret),
+            authority_host=self.entra_url,  # type: ignore[arg-type]
+        )
+        return DataverseClient(
+            DataverseSettings(url=self.dataverse_url, **settings),  # type: ignore[arg-type]
+            MsalTokenProvider(identity, self.dataverse_url),
+        )
 
     def env(self) -> dict[str, str]:
         return {

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,6 +69,14 @@ def local_host(
             process.kill()
         if log:
             output.close()  # type: ignore[union-attr]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    """The app runs in another process: poll for what it did, up to a deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
 
 
 def client(base: str) -> httpx.Client:

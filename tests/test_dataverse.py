@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import trustme
-from pydantic import SecretStr
 
 from contracts import ChannelStatus, InboundPayload, NotificationDetails, NotificationPayload
 from core.settings import ConfigurationError, load
@@ -42,14 +41,7 @@ def notification(
 
 
 def make_client(world: DataverseWorld, **settings: object) -> DataverseClient:
-    dataverse_settings = DataverseSettings(url=world.dataverse_url, **settings)  # type: ignore[arg-type]
-    identity = IdentitySettings(
-        tenant_id=TENANT_ID,
-        client_id=CLIENT_ID,
-        client_secret=SecretStr(world.client_secret),
-        authority_host=world.entra_url,
-    )  # type: ignore[arg-type]
-    return DataverseClient(dataverse_settings, MsalTokenProvider(identity, world.dataverse_url))
+    return world.client(**settings)
 
 
 @pytest.fixture

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 from azure.storage.queue import QueueClient
 
 from devhost.asgi import compile_route
-from tests.e2e import local_host
+from tests.e2e import local_host, wait_for
 from tests.fakes.azurite import Azurite
 
 
@@ -23,13 +21,6 @@ def test_route_templates() -> None:
     assert not route.match("/api/providers/twilio/inbound")
     assert compile_route("api", "files/{*rest}").match("/api/files/a/b/c").group("rest") == "a/b/c"  # type: ignore[union-attr]
     assert compile_route("", "health").match("/health")
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_http_route_parameters_and_query(azurite: Azurite, tmp_path: Path) -> None:

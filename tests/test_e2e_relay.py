@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from urllib.parse import urlencode, urlsplit
 
@@ -19,21 +18,13 @@ from contracts import ChannelStatus
 from core.ledger import SendLedger
 from core.relay import RelayJob, RelayQueue
 from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues, payload_json
-from tests.e2e import client, local_host
+from tests.e2e import client, local_host, wait_for
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.providers import FakeTwilio
 
 ACCOUNT_SID = "AC" + "9" * 32
 PUBLIC = "https://sms.example.org"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    """The app runs in another process: poll for what it did, up to a deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
 
 
 @pytest.fixture

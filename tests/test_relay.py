@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -11,35 +12,23 @@ from pathlib import Path
 
 import azure.functions as func
 import pytest
-from pydantic import SecretStr
 
 from blueprints import relay as relay_blueprint
 from contracts import ChannelStatus
-from core.ledger import SendLedger, SendRecord, SendState
+from core.ledger import RelayClaim, SendLedger, SendRecord, SendState
 from core.relay import MAX_ATTEMPTS, UNKNOWN_MESSAGE_ATTEMPTS, RelayJob, RelayQueue, RelayService
 from core.replay_poison import replay
 from core.services import Services
-from dataverse.auth import MsalTokenProvider
 from dataverse.client import DataverseClient
 from dataverse.dry_run import DryRunDataverse
-from dataverse.settings import DataverseSettings, IdentitySettings
-from tests.conftest import CLIENT_ID, CUSTOMER, OUR_NUMBER, TENANT_ID, DataverseWorld, RelayQueues
+from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import Reply
 
 
 @pytest.fixture
 async def dataverse(dataverse_world: DataverseWorld) -> AsyncIterator[DataverseClient]:
-    identity = IdentitySettings(
-        tenant_id=TENANT_ID,
-        client_id=CLIENT_ID,
-        client_secret=SecretStr(dataverse_world.client_secret),
-        authority_host=dataverse_world.entra_url,
-    )  # type: ignore[arg-type]
-    client = DataverseClient(
-        DataverseSettings(url=dataverse_world.dataverse_url),  # type: ignore[arg-type]
-        MsalTokenProvider(identity, dataverse_world.dataverse_url),
-    )
+    client = dataverse_world.client()
     yield client
     await client.aclose()
 
@@ -128,6 +117,19 @@ async def test_redelivered_and_retried_reports_are_relayed_once(
     assert statuses == ["Delivered", "NotDelivered"]
 
 
+async def test_concurrent_duplicates_are_relayed_once(
+    service: RelayService, ledger: SendLedger, dataverse_world: DataverseWorld, relay_queues: RelayQueues
+) -> None:
+    _, message_id = await sent_message(ledger)
+    await asyncio.gather(*(service.process(delivered(message_id)) for _ in range(4)))
+    assert len(dataverse_world.dataverse.notifications) == 1
+    # duplicates that found the event claimed were re-queued; when they come back it is done
+    assert (
+        await ledger.claim_relay("twilio", delivered(message_id).event_key, lease_seconds=1)
+        is RelayClaim.DONE
+    )
+
+
 async def test_echoed_reference_correlates_when_no_record_exists(
     service: RelayService, dataverse_world: DataverseWorld
 ) -> None:
@@ -167,7 +169,8 @@ async def test_rejected_relay_goes_to_the_poison_queue(
     [poisoned] = relay_queues.visible_jobs(relay_queues.poison)
     assert poisoned.message_id == message_id and "0x80040265" in (poisoned.last_error or "")
     assert relay_queues.count(relay_queues.jobs) == 0
-    assert not await ledger.was_relayed("twilio", poisoned.event_key)
+    # not marked relayed: a replay after the fix can relay it
+    assert await ledger.claim_relay("twilio", poisoned.event_key, lease_seconds=1) is RelayClaim.CLAIMED
 
 
 async def test_unavailable_dataverse_is_retried_later_then_poisoned(
