@@ -1,0 +1,267 @@
+"""One kit per provider: how to stand up its fake API, build its adapter, and make the webhooks it
+would send, signed the way the provider signs (with the provider's own SDK where one exists).
+
+Adding a provider = one adapter module, one registry line, and one kit here: the conformance suite
+(tests/test_conformance.py) then runs every check against it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+from urllib.parse import urlencode
+
+from pydantic import SecretStr
+from twilio.request_validator import RequestValidator
+
+from channels.acs import AcsChannel, AcsSettings
+from channels.base import SendRequest, SmsChannel
+from channels.simulator import SimulatorChannel, SimulatorSettings, sign_webhook
+from channels.twilio import TwilioChannel, TwilioSettings
+from channels.webhooks import WebhookRequest
+from tests.fakes.http import FakeHttpServer
+from tests.fakes.providers import FakeAcs, FakeTwilio
+from tests.fakes.tls import LocalCA
+
+PUBLIC = "https://sms.example.org"
+OUR_NUMBER = "+14155550100"
+CUSTOMER = "+14155550123"
+#: Recipient suffixes the fake APIs (and the simulator's settings below) answer with a failure.
+REJECTED, THROTTLED = "+14155550211", "+14155550429"
+
+
+def send_request(recipient: str = CUSTOMER) -> SendRequest:
+    return SendRequest(
+        request_id=f"req-{uuid.uuid4().hex[:8]}",
+        channel_definition_id=uuid.uuid4(),
+        sender=OUR_NUMBER,
+        recipient=recipient,
+        text="Conformance check",
+        idempotency_key=uuid.uuid4(),
+        first_attempt_at=datetime.now(timezone.utc),
+    )
+
+
+class ProviderKit:
+    name: ClassVar[str]
+    #: Whether the provider's signature carries a timestamp (so stale webhooks can be refused).
+    timestamped: ClassVar[bool] = False
+
+    def __init__(self, ca: LocalCA) -> None:
+        self.ca = ca
+
+    @contextmanager
+    def channel(self) -> Iterator[SmsChannel]:
+        raise NotImplementedError
+
+    def delivery_report(self, message_id: str, status: str) -> WebhookRequest:
+        """A signed report; ``status`` is "delivered", "failed" or "intermediate"."""
+        raise NotImplementedError
+
+    def inbound(self, text: str) -> WebhookRequest:
+        raise NotImplementedError
+
+    def forged(self, request: WebhookRequest) -> WebhookRequest:
+        """The same request with its body changed after signing."""
+        return replace(
+            request, body=request.body.replace(b"delivered", b"failed").replace(b"Hello", b"Hallo")
+        )
+
+    def unsigned(self, request: WebhookRequest) -> WebhookRequest:
+        raise NotImplementedError
+
+    def stale(self, message_id: str) -> WebhookRequest:
+        raise NotImplementedError
+
+
+def _request(
+    url: str, body: bytes, headers: dict[str, str], query: dict[str, str] | None = None
+) -> WebhookRequest:
+    return WebhookRequest(
+        method="POST",
+        public_url=url + (f"?{urlencode(query)}" if query else ""),
+        headers={k.lower(): v for k, v in headers.items()},
+        query=query or {},
+        body=body,
+    )
+
+
+class SimulatorKit(ProviderKit):
+    name = "simulator"
+    timestamped = True
+
+    def __init__(self, ca: LocalCA) -> None:
+        super().__init__(ca)
+        self.secret = secrets.token_urlsafe(16)
+
+    @contextmanager
+    def channel(self) -> Iterator[SmsChannel]:
+        yield SimulatorChannel(
+            SimulatorSettings(
+                reject_suffixes=(REJECTED[-4:],),
+                transient_suffixes=(THROTTLED[-4:],),
+                webhook_secret=SecretStr(self.secret),
+            )
+        )
+
+    def _signed(self, kind: str, document: dict[str, Any], timestamp: int | None = None) -> WebhookRequest:
+        body = json.dumps(document).encode()
+        return _request(
+            f"{PUBLIC}/api/providers/simulator/{kind}",
+            body,
+            sign_webhook(self.secret, body, timestamp=timestamp),
+        )
+
+    def delivery_report(self, message_id: str, status: str) -> WebhookRequest:
+        wire = {"delivered": "delivered", "failed": "failed", "intermediate": "sent"}[status]
+        return self._signed("delivery-reports", {"MessageId": message_id, "Status": wire})
+
+    def inbound(self, text: str) -> WebhookRequest:
+        return self._signed(
+            "inbound", {"MessageId": "SMin", "From": CUSTOMER, "To": OUR_NUMBER, "Text": text}
+        )
+
+    def unsigned(self, request: WebhookRequest) -> WebhookRequest:
+        return replace(request, headers={})
+
+    def stale(self, message_id: str) -> WebhookRequest:
+        return self._signed(
+            "delivery-reports",
+            {"MessageId": message_id, "Status": "delivered"},
+            timestamp=int(time.time()) - 600,
+        )
+
+
+class TwilioKit(ProviderKit):
+    name = "twilio"
+    account_sid = "AC" + "4" * 32
+
+    def __init__(self, ca: LocalCA) -> None:
+        super().__init__(ca)
+        self.token = secrets.token_hex(16)
+
+    @contextmanager
+    def channel(self) -> Iterator[SmsChannel]:
+        with FakeHttpServer(FakeTwilio(self.account_sid, self.token)) as api:
+            yield TwilioChannel(
+                TwilioSettings(
+                    account_sid=self.account_sid, auth_token=SecretStr(self.token), api_base_url=api.url
+                )
+            )  # type: ignore[arg-type]
+
+    def _signed(self, kind: str, params: dict[str, str]) -> WebhookRequest:
+        url = f"{PUBLIC}/api/providers/twilio/{kind}"
+        signature = RequestValidator(self.token).compute_signature(url, params)  # the SDK as oracle
+        return _request(url, urlencode(params).encode(), {"X-Twilio-Signature": signature})
+
+    def delivery_report(self, message_id: str, status: str) -> WebhookRequest:
+        wire = {"delivered": "delivered", "failed": "undelivered", "intermediate": "sent"}[status]
+        return self._signed(
+            "delivery-reports",
+            {
+                "MessageSid": message_id,
+                "MessageStatus": wire,
+                "AccountSid": self.account_sid,
+                "From": OUR_NUMBER,
+                "To": CUSTOMER,
+                **({"ErrorCode": "30003"} if status == "failed" else {}),
+            },
+        )
+
+    def inbound(self, text: str) -> WebhookRequest:
+        return self._signed(
+            "inbound",
+            {
+                "MessageSid": "SMin",
+                "AccountSid": self.account_sid,
+                "From": CUSTOMER,
+                "To": OUR_NUMBER,
+                "Body": text,
+            },
+        )
+
+    def forged(self, request: WebhookRequest) -> WebhookRequest:
+        return replace(
+            request,
+            body=request.body.replace(b"delivered", b"failed").replace(b"Hello", b"Hallo") + b"&Extra=1",
+        )
+
+    def unsigned(self, request: WebhookRequest) -> WebhookRequest:
+        return replace(request, headers={})
+
+
+class AcsKit(ProviderKit):
+    name = "acs"
+
+    def __init__(self, ca: LocalCA) -> None:
+        super().__init__(ca)
+        self.secret = secrets.token_urlsafe(16)
+        self.key = secrets.token_bytes(32)
+
+    @contextmanager
+    def channel(self) -> Iterator[SmsChannel]:
+        import base64
+
+        with FakeHttpServer(FakeAcs(self.key), tls=self.ca.server_context()) as api:
+            connection = f"endpoint={api.url}/;accesskey={base64.b64encode(self.key).decode()}"
+            yield AcsChannel(
+                AcsSettings(connection_string=SecretStr(connection), webhook_secret=SecretStr(self.secret))
+            )
+
+    def _events(self, kind: str, event_type: str, data: dict[str, Any]) -> WebhookRequest:
+        body = json.dumps(
+            [
+                {
+                    "id": str(uuid.uuid4()),
+                    "eventType": event_type,
+                    "data": data,
+                    "dataVersion": "1.0",
+                    "subject": f"/phonenumber/{OUR_NUMBER}",
+                    "eventTime": "2026-11-27T10:00:00Z",
+                }
+            ]
+        )
+        return _request(f"{PUBLIC}/api/providers/acs/{kind}", body.encode(), {}, {"secret": self.secret})
+
+    def delivery_report(self, message_id: str, status: str) -> WebhookRequest:
+        if status == "intermediate":  # ACS publishes final reports only; other event types are ignored
+            return self._events(
+                "delivery-reports",
+                "Microsoft.Communication.AdvancedMessageDeliveryStatusUpdated",
+                {"messageId": message_id, "status": "Sent"},
+            )
+        wire = {"delivered": "Delivered", "failed": "Failed"}[status]
+        return self._events(
+            "delivery-reports",
+            "Microsoft.Communication.SMSDeliveryReportReceived",
+            {
+                "messageId": message_id,
+                "from": OUR_NUMBER,
+                "to": CUSTOMER,
+                "deliveryStatus": wire,
+                "deliveryStatusDetails": "No error." if status == "delivered" else "Unreachable",
+            },
+        )
+
+    def inbound(self, text: str) -> WebhookRequest:
+        return self._events(
+            "inbound",
+            "Microsoft.Communication.SMSReceived",
+            {"messageId": "Incoming_1", "from": CUSTOMER, "to": OUR_NUMBER, "message": text},
+        )
+
+    def forged(self, request: WebhookRequest) -> WebhookRequest:
+        return replace(request, query={"secret": "guessed"}, public_url=request.public_url.split("?")[0])
+
+    def unsigned(self, request: WebhookRequest) -> WebhookRequest:
+        return replace(request, query={}, public_url=request.public_url.split("?")[0])
+
+
+KITS: list[type[ProviderKit]] = [SimulatorKit, TwilioKit, AcsKit]
