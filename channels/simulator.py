@@ -9,6 +9,11 @@ are injected by recipient number suffix:
 | SIMULATOR_OPTED_OUT_SUFFIXES   | NotSent, reason RecipientOptedOut        |
 | SIMULATOR_TRANSIENT_SUFFIXES   | a transient failure (503 to the caller)  |
 | SIMULATOR_AMBIGUOUS_SUFFIXES   | an ambiguous outcome (no answer)         |
+| SIMULATOR_UNDELIVERED_SUFFIXES | Sent, then a "failed" delivery report    |
+
+It closes the loop like a real provider: SIMULATOR_DELIVERY_DELAY_SECONDS after a send it posts a
+signed delivery report to the app's own webhook (PUBLIC_BASE_URL), and with SIMULATOR_REPLY_TEXT
+set the recipient then "replies" with that text to the inbound webhook.
 
 Webhooks are JSON, signed with SIMULATOR_WEBHOOK_SECRET: ``X-Simulator-Timestamp`` (Unix seconds)
 and ``X-Simulator-Signature`` = hex HMAC-SHA256 of ``"<timestamp>." + body``, refused when more
@@ -19,11 +24,15 @@ with Status ``delivered`` / ``failed`` / ``expired`` (final) or ``sent`` (interm
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import time
 import uuid
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar
 
+import httpx
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -43,6 +52,8 @@ from channels.webhooks import (
     WebhookRequest,
 )
 from core.settings import AppSettings, load
+
+log = logging.getLogger("sms.simulator")
 
 MESSAGE_ID_NAMESPACE = uuid.UUID("5b0c3f4e-54d6-4f0e-9a57-6a0f3f2d1c11")
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -73,15 +84,23 @@ class SimulatorSettings(BaseSettings):
     opted_out_suffixes: Suffixes = ()
     transient_suffixes: Suffixes = ()
     ambiguous_suffixes: Suffixes = ()
+    #: Recipients whose simulated delivery report says "failed" instead of "delivered".
+    undelivered_suffixes: Suffixes = ()
     #: Seconds a transient failure asks the caller to wait.
     retry_after_seconds: float = Field(default=1.0, ge=0)
     webhook_secret: SecretStr | None = None
+    #: Seconds after a send at which the simulator posts its delivery report to the app's own
+    #: webhook (needs PUBLIC_BASE_URL and SIMULATOR_WEBHOOK_SECRET); negative turns it off.
+    delivery_delay_seconds: float = 1.0
+    #: When set, the recipient "replies" this text right after the delivery report.
+    reply_text: str | None = None
 
     @field_validator(
         "reject_suffixes",
         "opted_out_suffixes",
         "transient_suffixes",
         "ambiguous_suffixes",
+        "undelivered_suffixes",
         mode="before",
     )
     @classmethod
@@ -95,12 +114,17 @@ class SimulatorChannel:
     name: ClassVar[str] = "simulator"
     idempotent_resend_window: ClassVar[timedelta | None] = None
 
-    def __init__(self, settings: SimulatorSettings | None = None) -> None:
+    def __init__(self, settings: SimulatorSettings | None = None, *, app_base_url: str | None = None) -> None:
         self.settings = settings or SimulatorSettings()
+        self.app_base_url = app_base_url.rstrip("/") if app_base_url else None
+        self._http: httpx.AsyncClient | None = None
+        self._pending: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, app: AppSettings) -> SimulatorChannel:
-        return cls(load(SimulatorSettings))
+        return cls(
+            load(SimulatorSettings), app_base_url=str(app.public_base_url) if app.public_base_url else None
+        )
 
     async def send(self, request: SendRequest) -> SendReceipt:
         recipient, s = request.recipient, self.settings
@@ -118,11 +142,74 @@ class SimulatorChannel:
             raise TransientSendError("simulator: temporarily unavailable", retry_after=s.retry_after_seconds)
         if recipient.endswith(s.ambiguous_suffixes):
             raise AmbiguousSendError("simulator: no answer after the request was sent")
-        message_id = uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{request.channel_definition_id}/{request.request_id}")
-        return SendReceipt(message_id=f"SM{message_id.hex}", provider_status="accepted")
+        message_id = (
+            "SM"
+            + uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{request.channel_definition_id}/{request.request_id}").hex
+        )
+        if self._closes_the_loop():
+            task = asyncio.create_task(self._report_later(request, message_id))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return SendReceipt(message_id=message_id, provider_status="accepted")
 
     async def aclose(self) -> None:
-        return None
+        for task in list(self._pending):
+            task.cancel()
+        if self._http is not None:
+            await self._http.aclose()
+
+    # -- the simulated provider's side: reports and replies posted back to the app ----------------
+
+    def _closes_the_loop(self) -> bool:
+        s = self.settings
+        return (
+            self.app_base_url is not None and s.webhook_secret is not None and s.delivery_delay_seconds >= 0
+        )
+
+    async def _report_later(self, request: SendRequest, message_id: str) -> None:
+        await asyncio.sleep(self.settings.delivery_delay_seconds)
+        status = "failed" if request.recipient.endswith(self.settings.undelivered_suffixes) else "delivered"
+        await self._post(
+            "delivery-reports",
+            {
+                "MessageId": message_id,
+                "Status": status,
+                "From": request.sender,
+                "Correlation": f"{request.channel_definition_id}/{request.request_id}",
+            },
+        )
+        if self.settings.reply_text:
+            await self._post(
+                "inbound",
+                {
+                    "MessageId": f"{message_id}-reply",
+                    "From": request.recipient,
+                    "To": request.sender,
+                    "Text": self.settings.reply_text,
+                },
+            )
+
+    async def _post(self, kind: str, document: dict[str, str]) -> None:
+        assert self.settings.webhook_secret is not None
+        if self._http is None:
+            self._http = httpx.AsyncClient(base_url=str(self.app_base_url), timeout=10.0)
+        body = json.dumps(document).encode()
+        headers = {
+            "Content-Type": "application/json",
+            **sign_webhook(self.settings.webhook_secret.get_secret_value(), body),
+        }
+        try:
+            response = await self._http.post(
+                f"/api/providers/simulator/{kind}", content=body, headers=headers
+            )
+            log.info(
+                "simulator: posted %s for MessageId=%s (HTTP %d)",
+                kind,
+                document["MessageId"],
+                response.status_code,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("simulator: could not post %s to the app (%s)", kind, type(exc).__name__)
 
     # -- webhooks ----------------------------------------------------------------------------
 

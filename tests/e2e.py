@@ -27,12 +27,13 @@ def free_port() -> int:
 def local_host(
     env: Mapping[str, str],
     *,
+    port: int | None = None,
     module: str = "function_app",
     host_json: Path | None = None,
     log: Path | None = None,
 ) -> Iterator[str]:
     """Start ``python -m devhost`` with exactly ``env`` (plus PATH and CA settings); yield its base URL."""
-    port = free_port()
+    port = port or free_port()
     child_env = {
         k: v
         for k, v in os.environ.items()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CUSTOMER, OUR_NUMBER, ROOT, payload_json
-from tests.e2e import client, local_host
+from tests.e2e import client, free_port, local_host, wait_for
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.providers import FakeTwilio
@@ -152,19 +152,41 @@ def test_logs_hold_no_phone_numbers_or_secrets(twilio_app: str, host_log: Path, 
     assert CUSTOMER not in text and twilio_token not in text
 
 
-def test_readme_curl_call_works_against_the_run_defaults(azurite: Azurite) -> None:
-    """The README's curl example, sent to the app as `scripts/run` starts it (simulator, example settings)."""
+def readme_curl() -> tuple[dict[str, str], bytes]:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     match = re.search(
         r"curl -s -X POST http://localhost:7071/api/outbound[^\n]*\\\n\s*-H '([^']+)' \\\n\s*-d '([^']+)'",
         readme,
     )
     assert match, "README must show the curl call of /api/outbound"
+    name, value = match.group(1).split(": ", 1)
+    return {name: value}, match.group(2).encode()
+
+
+def test_readme_flow_outbound_delivery_report_and_relay(azurite: Azurite, tmp_path: Path) -> None:
+    """What the README shows after `scripts/run`: the curl call answers Sent, the simulator posts its
+    delivery report back, it is queued, relayed, and the notification lands in the dry-run sink."""
+    headers, body = readme_curl()
     settings = json.loads((ROOT / "local.settings.json.example").read_text(encoding="utf-8"))["Values"]
-    settings["AzureWebJobsStorage"] = azurite.connection_string
-    with local_host(settings) as base, client(base) as http:
-        name, value = match.group(1).split(": ", 1)
-        response = http.post("/api/outbound", content=match.group(2).encode(), headers={name: value})
+    port = free_port()
+    sink = tmp_path / "dataverse-dry-run.jsonl"
+    settings.update(
+        {
+            "AzureWebJobsStorage": azurite.connection_string,
+            "PUBLIC_BASE_URL": f"http://localhost:{port}",
+            "DATAVERSE_DRY_RUN_FILE": str(sink),
+            "SIMULATOR_DELIVERY_DELAY_SECONDS": "0.2",
+        }
+    )
+    with local_host(settings, port=port) as base, client(base) as http:
+        response = http.post("/api/outbound", content=body, headers=headers)
+        wait_for(lambda: sink.exists() and "readme-1" in sink.read_text())
     assert response.status_code == 200
     answer = response.json()
     assert answer["Status"] == "Sent" and answer["MessageId"].startswith("SM")
+    [line] = [json.loads(line) for line in sink.read_text().splitlines()]
+    assert line["api"] == "msdyn_D365ChannelsNotification"
+    notification = json.loads(line["body"]["notificationPayLoad"])
+    assert notification["RequestId"] == "readme-1" and notification["Status"] == "Delivered"
+    assert notification["MessageId"] == answer["MessageId"]
+    assert notification["ChannelDefinitionId"] == json.loads(body)["ChannelDefinitionId"]
