@@ -7,6 +7,7 @@ from collections.abc import Callable
 from channels.acs import AcsChannel
 from channels.base import SmsChannel
 from channels.simulator import SimulatorChannel
+from channels.telnyx import TelnyxChannel
 from channels.twilio import TwilioChannel
 from core.settings import AppSettings, ConfigurationError
 
@@ -16,6 +17,7 @@ PROVIDERS: dict[str, ChannelFactory] = {
     SimulatorChannel.name: SimulatorChannel.from_settings,
     TwilioChannel.name: TwilioChannel.from_settings,
     AcsChannel.name: AcsChannel.from_settings,
+    TelnyxChannel.name: TelnyxChannel.from_settings,
 }
 
 

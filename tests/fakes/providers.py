@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import itertools
 import threading
+import uuid
 from dataclasses import dataclass, field
 
 from tests.fakes.http import Recorded, Reply
@@ -130,3 +131,40 @@ class FakeAcs:
             if repeatability:
                 self.seen[repeatability] = result
         return Reply(202, {"value": [result]})
+
+
+@dataclass
+class FakeTelnyx:
+    api_key: str
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, request: Recorded) -> Reply:
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return Reply(401, {"errors": [{"code": "10009", "title": "Authentication failed"}]})
+        if request.path != "/v2/messages":
+            return Reply(404, {"errors": [{"code": "10005", "title": "Resource not found"}]})
+        body = request.json()
+        to = body.get("to", "")
+        if to.endswith("0429"):
+            return Reply(
+                429, {"errors": [{"code": "10011", "title": "Too many requests"}]}, {"Retry-After": "1"}
+            )
+        if to.endswith("0500"):
+            return Reply(500, {"errors": [{"code": "10007", "title": "Unexpected error"}]})
+        if to.endswith("0211"):
+            return Reply(400, {"errors": [{"code": "40310", "title": "Invalid 'to' address"}]})
+        if to.endswith("0610"):
+            return Reply(400, {"errors": [{"code": "40300", "title": "Blocked due to STOP message"}]})
+        return Reply(
+            200,
+            {
+                "data": {
+                    "id": str(uuid.uuid4()),
+                    "record_type": "message",
+                    "direction": "outbound",
+                    "from": {"phone_number": body.get("from")},
+                    "text": body.get("text"),
+                    "to": [{"phone_number": to, "status": "queued"}],
+                }
+            },
+        )

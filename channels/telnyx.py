@@ -1,0 +1,245 @@
+"""Telnyx Messaging (API v2): send with a Bearer API key; webhooks signed with Ed25519.
+
+Webhooks: ``telnyx-signature-ed25519`` (base64) over ``"<telnyx-timestamp>|<raw body>"``, checked
+with the account's public key (TELNYX_PUBLIC_KEY, base64) and refused when more than 300 seconds
+off, so recorded webhooks cannot be replayed.
+
+| event / ``payload.to[0].status``                     | outcome                          |
+|------------------------------------------------------|----------------------------------|
+| message.sent (queued, sending, sent)                 | intermediate                     |
+| message.finalized + delivered                        | Delivered                        |
+| message.finalized + sending_failed, delivery_failed  | NotDelivered (errors[0] as reason)|
+| message.finalized + expired                          | NotDelivered, Expired            |
+| message.finalized + delivery_unconfirmed             | intermediate: the carrier never said; Sent stands |
+| message.received                                     | inbound                          |
+
+Send errors (``errors[0].code``, from Telnyx's error reference; unverified against a live
+account): 40300 recipient replied STOP -> NotSent RecipientOptedOut; 40310, 40311 invalid
+'to' -> NotSent InvalidRecipient; 40305 invalid 'from' -> NotSent InvalidSender; other 4xx ->
+NotSent ProviderRejected; 401/403 credentials and 429/503 transient; 500/502/504 ambiguous.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import timedelta
+from typing import Any, ClassVar
+
+import httpx
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import HttpUrl, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from channels.base import SendReceipt, SendRequest, common_http_failure, translate_http_error
+from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError
+from channels.webhooks import (
+    DeliveryEvent,
+    DeliveryFailure,
+    DeliveryOutcome,
+    InboundSms,
+    InvalidWebhook,
+    ParsedWebhook,
+    WebhookAck,
+    WebhookKind,
+    WebhookRejected,
+    WebhookRequest,
+)
+from core.settings import AppSettings, load
+
+FINAL_STATUSES: dict[str, tuple[DeliveryOutcome, DeliveryFailure | None]] = {
+    "delivered": (DeliveryOutcome.DELIVERED, None),
+    "sending_failed": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.PROVIDER_ERROR),
+    "delivery_failed": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.UNREACHABLE),
+    "expired": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.EXPIRED),
+}
+NOT_SENT_BY_ERROR_CODE: dict[str, NotSentReason] = {
+    "40300": NotSentReason.RECIPIENT_OPTED_OUT,
+    "40310": NotSentReason.INVALID_RECIPIENT,
+    "40311": NotSentReason.INVALID_RECIPIENT,
+    "40305": NotSentReason.INVALID_SENDER,
+}
+SIGNATURE_TOLERANCE_SECONDS = 300
+DELIVERY_REPORT_PATH = "/api/providers/telnyx/delivery-reports"
+
+
+class TelnyxSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TELNYX_", extra="ignore", env_ignore_empty=True)
+
+    api_key: SecretStr
+    #: The account's Ed25519 public key (base64, from the Mission Control portal), for webhooks.
+    public_key: str | None = None
+    messaging_profile_id: str | None = None
+    api_base_url: HttpUrl = HttpUrl("https://api.telnyx.com")
+
+    @field_validator("public_key")
+    @classmethod
+    def _ed25519_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except ValueError:
+                raise ValueError("must be the base64 Ed25519 public key") from None
+            if len(raw) != 32:
+                raise ValueError("must be a 32-byte Ed25519 public key, base64")
+        return value
+
+
+class TelnyxChannel:
+    name: ClassVar[str] = "telnyx"
+    idempotent_resend_window: ClassVar[timedelta | None] = None
+
+    def __init__(
+        self, settings: TelnyxSettings, *, delivery_report_url: str | None = None, timeout: float = 5.0
+    ) -> None:
+        self.settings = settings
+        self.delivery_report_url = delivery_report_url
+        self._key = (
+            Ed25519PublicKey.from_public_bytes(base64.b64decode(settings.public_key))
+            if settings.public_key
+            else None
+        )
+        self._http = httpx.AsyncClient(
+            base_url=str(settings.api_base_url).rstrip("/") + "/v2",
+            headers={
+                "Authorization": f"Bearer {settings.api_key.get_secret_value()}",
+                "Accept": "application/json",
+            },
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+        )
+
+    @classmethod
+    def from_settings(cls, app: AppSettings) -> TelnyxChannel:
+        return cls(
+            load(TelnyxSettings),
+            delivery_report_url=app.callback_url(DELIVERY_REPORT_PATH),
+            timeout=app.provider_timeout_seconds,
+        )
+
+    async def send(self, request: SendRequest) -> SendReceipt:
+        body: dict[str, Any] = {"from": request.sender, "to": request.recipient, "text": request.text}
+        if self.settings.messaging_profile_id:
+            body["messaging_profile_id"] = self.settings.messaging_profile_id
+        if self.delivery_report_url:
+            body["webhook_url"] = self.delivery_report_url
+        try:
+            response = await self._http.post("/messages", json=body)
+        except httpx.HTTPError as exc:
+            raise translate_http_error(self.name, exc) from exc
+        if response.is_success:
+            message_id = _json(response).get("data", {}).get("id")
+            if not message_id:
+                raise AmbiguousSendError("telnyx: accepted answer without a message id")
+            return SendReceipt(message_id=str(message_id), provider_status="queued")
+        code = _first_error(_json(response)).get("code")
+        common = common_http_failure(self.name, response, provider_code=code, credentials="TELNYX_API_KEY")
+        if common is not None:
+            raise common
+        reason = NOT_SENT_BY_ERROR_CODE.get(code or "", NotSentReason.PROVIDER_REJECTED)
+        raise PermanentSendError(
+            reason, f"telnyx: refused with error {code or response.status_code}", provider_code=code
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- webhooks ----------------------------------------------------------------------------
+
+    def verify_webhook(self, request: WebhookRequest) -> None:
+        signature = request.header("telnyx-signature-ed25519")
+        stamp = request.header("telnyx-timestamp")
+        if not signature or not stamp:
+            raise WebhookRejected(401, "no telnyx-signature-ed25519 / telnyx-timestamp")
+        if self._key is None:
+            raise WebhookRejected(403, "TELNYX_PUBLIC_KEY is not set: webhooks cannot be verified")
+        try:
+            age = abs(time.time() - int(stamp))
+            raw_signature = base64.b64decode(signature, validate=True)
+        except ValueError:
+            raise WebhookRejected(403, "malformed signature or timestamp") from None
+        if age > SIGNATURE_TOLERANCE_SECONDS:
+            raise WebhookRejected(403, "stale signature")
+        try:
+            self._key.verify(raw_signature, stamp.encode("ascii") + b"|" + request.body)
+        except InvalidSignature:
+            raise WebhookRejected(403, "telnyx-signature-ed25519 does not match") from None
+
+    def parse_delivery_reports(self, request: WebhookRequest) -> ParsedWebhook:
+        event_type, payload = _event(request)
+        message_id = payload.get("id")
+        if not message_id:
+            raise InvalidWebhook("event without payload.id")
+        recipients = payload.get("to") or [{}]
+        status = str(recipients[0].get("status", "")) if isinstance(recipients[0], dict) else ""
+        outcome, reason = DeliveryOutcome.INTERMEDIATE, None
+        if event_type == "message.finalized" and status in FINAL_STATUSES:
+            outcome, reason = FINAL_STATUSES[status]
+        error = _first_error(payload)
+        sender = payload.get("from", {})
+        return ParsedWebhook(
+            delivery_events=[
+                DeliveryEvent(
+                    provider=self.name,
+                    message_id=str(message_id),
+                    outcome=outcome,
+                    provider_status=status or event_type,
+                    error_code=error.get("code"),
+                    reason=reason,
+                    description=(error.get("title") or error.get("detail") or f"telnyx status {status}")
+                    if reason
+                    else None,
+                    sender=sender.get("phone_number") if isinstance(sender, dict) else None,
+                )
+            ]
+        )
+
+    def parse_inbound(self, request: WebhookRequest) -> ParsedWebhook:
+        event_type, payload = _event(request)
+        if event_type != "message.received":
+            return ParsedWebhook()
+        sender, recipients = payload.get("from", {}), payload.get("to") or []
+        customer = sender.get("phone_number") if isinstance(sender, dict) else None
+        ours = recipients[0].get("phone_number") if recipients and isinstance(recipients[0], dict) else None
+        if not payload.get("id") or not customer or not ours:
+            raise InvalidWebhook("message.received without id, from or to")
+        return ParsedWebhook(
+            inbound=[
+                InboundSms(
+                    provider=self.name,
+                    message_id=str(payload["id"]),
+                    sender=str(customer),
+                    recipient=str(ours),
+                    text=str(payload.get("text") or ""),
+                )
+            ]
+        )
+
+    def acknowledge(self, kind: WebhookKind) -> WebhookAck:
+        return WebhookAck()
+
+
+def _event(request: WebhookRequest) -> tuple[str, dict[str, Any]]:
+    document = request.json()
+    data = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("payload"), dict):
+        raise InvalidWebhook("expected {data: {event_type, payload}}")
+    return str(data.get("event_type", "")), data["payload"]
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _first_error(document: dict[str, Any]) -> dict[str, Any]:
+    errors = document.get("errors")
+    first = errors[0] if isinstance(errors, list) and errors else {}
+    if not isinstance(first, dict):
+        return {}
+    return {
+        k: (str(v) if v is not None else None) for k, v in first.items() if k in ("code", "title", "detail")
+    }
