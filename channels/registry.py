@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from channels.acs import AcsChannel
 from channels.base import SmsChannel
+from channels.plivo import PlivoChannel
 from channels.simulator import SimulatorChannel
 from channels.telnyx import TelnyxChannel
 from channels.twilio import TwilioChannel
@@ -18,6 +19,7 @@ PROVIDERS: dict[str, ChannelFactory] = {
     TwilioChannel.name: TwilioChannel.from_settings,
     AcsChannel.name: AcsChannel.from_settings,
     TelnyxChannel.name: TelnyxChannel.from_settings,
+    PlivoChannel.name: PlivoChannel.from_settings,
 }
 
 

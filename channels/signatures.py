@@ -39,3 +39,9 @@ def same(expected: str, received: str | None) -> bool:
 
 def hmac_sha256_hex(secret: str, message: bytes) -> str:
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def hmac_sha256_base64(secret: str, message: bytes) -> str:
+    return base64.b64encode(hmac.new(secret.encode("utf-8"), message, hashlib.sha256).digest()).decode(
+        "ascii"
+    )

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
+import plivo.utils.signature_v3 as plivo_v3
 from nacl.signing import SigningKey
 from pydantic import SecretStr
 from telnyx.lib.webhook_verification import verify_webhook_signature
@@ -26,12 +27,13 @@ from twilio.request_validator import RequestValidator
 
 from channels.acs import AcsChannel, AcsSettings
 from channels.base import SendRequest, SmsChannel
+from channels.plivo import PlivoChannel, PlivoSettings
 from channels.simulator import SimulatorChannel, SimulatorSettings, sign_webhook
 from channels.telnyx import TelnyxChannel, TelnyxSettings
 from channels.twilio import TwilioChannel, TwilioSettings
 from channels.webhooks import WebhookRequest
 from tests.fakes.http import FakeHttpServer
-from tests.fakes.providers import FakeAcs, FakeTelnyx, FakeTwilio
+from tests.fakes.providers import FakeAcs, FakePlivo, FakeTelnyx, FakeTwilio
 from tests.fakes.tls import LocalCA
 
 PUBLIC = "https://sms.example.org"
@@ -349,4 +351,66 @@ class TelnyxKit(ProviderKit):
         )
 
 
-KITS: list[type[ProviderKit]] = [SimulatorKit, TwilioKit, AcsKit, TelnyxKit]
+class PlivoKit(ProviderKit):
+    name = "plivo"
+    auth_id = "MA" + "7" * 18
+
+    def __init__(self, ca: LocalCA) -> None:
+        super().__init__(ca)
+        self.token = secrets.token_hex(20)
+
+    @contextmanager
+    def channel(self) -> Iterator[SmsChannel]:
+        with FakeHttpServer(FakePlivo(self.auth_id, self.token)) as api:
+            yield PlivoChannel(
+                PlivoSettings(auth_id=self.auth_id, auth_token=SecretStr(self.token), api_base_url=api.url)
+            )  # type: ignore[arg-type]
+
+    def _signed(self, kind: str, params: dict[str, str]) -> WebhookRequest:
+        url = f"{PUBLIC}/api/providers/plivo/{kind}"
+        nonce = secrets.token_hex(10)
+        # Plivo's own SDK computes the signature our verifier must accept
+        base_url = plivo_v3.construct_post_url(url, dict(params)).decode("utf-8")  # as its validator does
+        signature = plivo_v3.get_signature_v3(self.token.encode(), base_url, nonce.encode()).decode()
+        assert plivo_v3.validate_v3_signature("POST", url, nonce, self.token, signature, dict(params))
+        return _request(
+            url,
+            urlencode(params).encode(),
+            {"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce},
+        )
+
+    def delivery_report(self, message_id: str, status: str) -> WebhookRequest:
+        wire = {"delivered": "delivered", "failed": "undelivered", "intermediate": "sent"}[status]
+        return self._signed(
+            "delivery-reports",
+            {
+                "MessageUUID": message_id,
+                "Status": wire,
+                "From": OUR_NUMBER.lstrip("+"),
+                "To": CUSTOMER.lstrip("+"),
+                "ErrorCode": "80" if status == "failed" else "000",
+                "Units": "1",
+                "MessageTime": "2026-11-27 10:00:00",
+            },
+        )
+
+    def inbound(self, text: str) -> WebhookRequest:
+        return self._signed(
+            "inbound",
+            {
+                "MessageUUID": str(uuid.uuid4()),
+                "From": CUSTOMER.lstrip("+"),
+                "To": OUR_NUMBER,
+                "Text": text,
+                "Type": "sms",
+            },
+        )
+
+    def forged(self, request: WebhookRequest) -> WebhookRequest:
+        return replace(request, body=request.body.replace(b"delivered", b"undelivered") + b"&Extra=1")
+
+    def unsigned(self, request: WebhookRequest) -> WebhookRequest:
+        return replace(request, headers={})
+
+
+KITS: list[type[ProviderKit]] = [SimulatorKit, TwilioKit, AcsKit, TelnyxKit, PlivoKit]

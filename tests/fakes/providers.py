@@ -168,3 +168,31 @@ class FakeTelnyx:
                 }
             },
         )
+
+
+@dataclass
+class FakePlivo:
+    auth_id: str
+    auth_token: str
+
+    def __call__(self, request: Recorded) -> Reply:
+        expected = "Basic " + base64.b64encode(f"{self.auth_id}:{self.auth_token}".encode()).decode()
+        if request.headers.get("authorization") != expected:
+            return Reply(401, {"api_id": str(uuid.uuid4()), "error": "Authentication failed"})
+        if request.path != f"/v1/Account/{self.auth_id}/Message/":
+            return Reply(404, {"api_id": str(uuid.uuid4()), "error": "not found"})
+        dst = request.json().get("dst", "")
+        if dst.endswith("0429"):
+            return Reply(429, {"api_id": "x", "error": "too many requests"}, {"Retry-After": "1"})
+        if dst.endswith("0500"):
+            return Reply(500, {"api_id": "x", "error": "internal error"})
+        if dst.endswith(("0211", "0610")):
+            return Reply(400, {"api_id": "x", "error": f"{dst} is not a valid destination"})
+        return Reply(
+            202,
+            {
+                "api_id": str(uuid.uuid4()),
+                "message": "message(s) queued",
+                "message_uuid": [str(uuid.uuid4())],
+            },
+        )
