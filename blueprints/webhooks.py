@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import azure.functions as func
 
-from blueprints.responses import error_response, misconfigured
+from blueprints.responses import error_response
 from channels.webhooks import InvalidWebhook, WebhookKind, WebhookRejected, WebhookRequest
 from core.ledger import StorageUnavailable
 from core.relay import RelayJob
@@ -41,12 +41,16 @@ async def handle(services: Services, req: func.HttpRequest, kind: WebhookKind) -
     provider = req.route_params.get("provider", "").lower()
     try:
         channel = services.webhook_channel(provider)
-        base = services.settings().public_base_url
+        settings = services.settings()
     except ConfigurationError as exc:
+        # no setting names to anonymous callers; 503 so that providers retry once it is fixed
         log.error("%s %s webhook refused, configuration: %s", provider, kind, exc)
-        return misconfigured(exc)
+        return error_response(503, "NotConfigured", "this webhook is not configured", retry_after=60)
     if channel is None:
         return error_response(404, "UnknownProvider", "no such provider")
+    if len(req.get_body()) > settings.max_body_bytes:
+        return error_response(413, "PayloadTooLarge", "the body is over MAX_BODY_BYTES")
+    base = settings.public_base_url
     request = webhook_request(req, str(base) if base else None)
 
     try:
@@ -56,6 +60,9 @@ async def handle(services: Services, req: func.HttpRequest, kind: WebhookKind) -
         return error_response(
             rejected.status_code, "NotAuthenticated", "the webhook could not be authenticated"
         )
+    except InvalidWebhook as exc:
+        log.warning("%s %s webhook unreadable: %s", provider, kind, exc)
+        return error_response(400, "InvalidWebhook", str(exc))
     try:
         parsed = (
             channel.parse_delivery_reports(request)

@@ -50,6 +50,9 @@ class SendReceipt:
 
     message_id: str
     provider_status: str | None = None
+    #: Providers that send a long text as separately reported parts (Vonage) list every part's
+    #: id here; ``message_id`` is then the first part's, the id answered to Journeys.
+    part_message_ids: tuple[str, ...] = ()
 
 
 class SmsChannel(Protocol):

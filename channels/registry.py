@@ -10,6 +10,7 @@ from channels.plivo import PlivoChannel
 from channels.simulator import SimulatorChannel
 from channels.telnyx import TelnyxChannel
 from channels.twilio import TwilioChannel
+from channels.vonage import VonageChannel
 from core.settings import AppSettings, ConfigurationError
 
 ChannelFactory = Callable[[AppSettings], SmsChannel]
@@ -20,6 +21,7 @@ PROVIDERS: dict[str, ChannelFactory] = {
     AcsChannel.name: AcsChannel.from_settings,
     TelnyxChannel.name: TelnyxChannel.from_settings,
     PlivoChannel.name: PlivoChannel.from_settings,
+    VonageChannel.name: VonageChannel.from_settings,
 }
 
 

@@ -153,11 +153,13 @@ class TelnyxChannel:
             raise WebhookRejected(401, "no telnyx-signature-ed25519 / telnyx-timestamp")
         if self._key is None:
             raise WebhookRejected(403, "TELNYX_PUBLIC_KEY is not set: webhooks cannot be verified")
+        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+            raise WebhookRejected(403, "telnyx-timestamp is not a Unix time")
+        age = abs(time.time() - int(stamp))
         try:
-            age = abs(time.time() - int(stamp))
             raw_signature = base64.b64decode(signature, validate=True)
         except ValueError:
-            raise WebhookRejected(403, "malformed signature or timestamp") from None
+            raise WebhookRejected(403, "malformed signature") from None
         if age > SIGNATURE_TOLERANCE_SECONDS:
             raise WebhookRejected(403, "stale signature")
         try:

@@ -21,6 +21,7 @@ Send errors by Twilio error code (https://www.twilio.com/docs/api/errors):
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from typing import Any, ClassVar
 from urllib.parse import urlencode
@@ -31,7 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from channels.base import SendReceipt, SendRequest, common_http_failure, translate_http_error
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError
-from channels.signatures import same, twilio_signature, url_port_variants
+from channels.signatures import TWILIO_ALGORITHMS, same, twilio_signature, url_port_variants
 from channels.webhooks import (
     DeliveryEvent,
     DeliveryFailure,
@@ -97,6 +98,9 @@ class TwilioSettings(BaseSettings):
     #: Send through a Messaging Service (its sender pool) instead of the payload's From.
     messaging_service_sid: str | None = Field(default=None, pattern=r"^MG[0-9a-fA-F]{32}$")
     api_base_url: HttpUrl = HttpUrl("https://api.twilio.com")
+    #: The secret of a Webhooks SharedKey, for webhooks Twilio signs with HMAC-SHA256
+    #: (X-Twilio-Webhooks-Signature-Settings); without that header the Auth Token signs.
+    webhook_shared_key: SecretStr | None = None
 
     @model_validator(mode="after")
     def _one_credential(self) -> TwilioSettings:
@@ -177,15 +181,36 @@ class TwilioChannel:
         signature = request.header("X-Twilio-Signature")
         if not signature:
             raise WebhookRejected(401, "no X-Twilio-Signature")
-        if self.settings.auth_token is None:
-            raise WebhookRejected(403, "TWILIO_AUTH_TOKEN is needed to verify Twilio's signatures")
-        token = self.settings.auth_token.get_secret_value()
-        params = request.form()
+        algorithm, secret = self._signing(request.header("X-Twilio-Webhooks-Signature-Settings"))
+        params: list[tuple[str, str]] = []
+        body_hash = request.query.get("bodySHA256")
+        if body_hash is not None:  # a JSON body: the URL is signed and the body's hash is in it
+            if not same(hashlib.sha256(request.body).hexdigest(), body_hash):
+                raise WebhookRejected(403, "bodySHA256 does not match the body")
+        else:
+            params = request.form()
         if not any(
-            same(twilio_signature(token, url, params), signature)
+            same(twilio_signature(secret, url, params, algorithm), signature)
             for url in url_port_variants(request.public_url)
         ):
             raise WebhookRejected(403, "X-Twilio-Signature does not match")
+
+    def _signing(self, settings_header: str | None) -> tuple[str, str]:
+        """The algorithm and key named by X-Twilio-Webhooks-Signature-Settings (none: the Auth Token)."""
+        algorithm = "HMAC_SHA1"
+        for part in (settings_header or "").split(","):
+            name, sep, value = part.partition("=")
+            if sep and name.strip() == "algorithm" and value.strip():
+                algorithm = value.strip().upper()
+        if algorithm == "HMAC_SHA1":
+            if self.settings.auth_token is None:
+                raise WebhookRejected(403, "TWILIO_AUTH_TOKEN is needed to verify Twilio's signatures")
+            return algorithm, self.settings.auth_token.get_secret_value()
+        if algorithm not in TWILIO_ALGORITHMS:
+            raise WebhookRejected(403, f"unsupported signature algorithm {algorithm[:20]}")
+        if self.settings.webhook_shared_key is None:
+            raise WebhookRejected(403, "TWILIO_WEBHOOK_SHARED_KEY is needed for SharedKey-signed webhooks")
+        return algorithm, self.settings.webhook_shared_key.get_secret_value()
 
     def parse_delivery_reports(self, request: WebhookRequest) -> ParsedWebhook:
         form = request.form_dict()

@@ -124,6 +124,10 @@ class InboundSms:
     #: Our number (the channel instance's contact point).
     recipient: str
     text: str
+    #: For one part of a concatenated message: its reference, the number of parts and its position.
+    concat_ref: str | None = None
+    concat_total: int | None = None
+    concat_part: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,23 +38,38 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from contracts.base import StrEnum
 
-__all__ = ["MessageRecord", "RelayClaim", "SendLedger", "SendRecord", "SendState", "StorageUnavailable"]
+__all__ = [
+    "MessageRecord",
+    "RelayClaim",
+    "RelayClaimState",
+    "SendLedger",
+    "SendRecord",
+    "SendState",
+    "StorageUnavailable",
+]
 
 SENDS_TABLE = "outboundsends"
 MESSAGES_TABLE = "smsmessages"
 RELAYED_TABLE = "relayedevents"
+PARTS_TABLE = "messageparts"
 
 
 class StorageUnavailable(Exception):
     """Table Storage could not be reached or answered an unexpected error."""
 
 
-class RelayClaim(StrEnum):
+class RelayClaimState(StrEnum):
     CLAIMED = "Claimed"
     #: Already relayed: a duplicate.
     DONE = "Done"
     #: Another worker holds an unexpired claim.
     BUSY = "Busy"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayClaim:
+    state: RelayClaimState
+    etag: str | None = None
 
 
 class SendState(StrEnum):
@@ -149,6 +164,8 @@ class MessageRecord:
     sender: str
     segments: int
     expires_at: datetime
+    #: How many separately reported parts the message was sent as (1 for most providers).
+    parts: int = 1
 
 
 #: Table keys hold at most 1 KiB; longer encodings are replaced by a digest of the value.
@@ -176,7 +193,8 @@ class SendLedger:
         self._sends: TableClient = self._service.get_table_client(SENDS_TABLE)
         self._messages: TableClient = self._service.get_table_client(MESSAGES_TABLE)
         self._relayed: TableClient = self._service.get_table_client(RELAYED_TABLE)
-        self._tables = (self._sends, self._messages, self._relayed)
+        self._parts: TableClient = self._service.get_table_client(PARTS_TABLE)
+        self._tables = (self._sends, self._messages, self._relayed, self._parts)
         self._tables_ready = False
         self._lock = asyncio.Lock()
 
@@ -251,18 +269,25 @@ class SendLedger:
 
     # -- messages ----------------------------------------------------------------------------
 
-    async def remember_message(self, record: SendRecord, message_id: str) -> None:
-        entity = {
-            "PartitionKey": record.provider,
-            "RowKey": row_key(message_id),
-            "MessageId": message_id,
-            "ChannelDefinitionId": str(record.channel_definition_id),
-            "RequestId": record.request_id,
-            "From": record.sender,
-            "Segments": record.segments,
-            "ExpiresAt": record.expires_at,
-        }
-        await self._call(self._messages.upsert_entity, entity, mode=UpdateMode.REPLACE)
+    async def remember_message(
+        self, record: SendRecord, message_id: str, part_ids: tuple[str, ...] = ()
+    ) -> None:
+        """Record ``message_id`` (and, for providers that send long texts as separately reported
+        parts, every part's id) as belonging to ``record``'s request."""
+        for part_id in part_ids or (message_id,):
+            entity = {
+                "PartitionKey": record.provider,
+                "RowKey": row_key(part_id),
+                "MessageId": message_id,
+                "PartId": part_id,
+                "Parts": max(len(part_ids), 1),
+                "ChannelDefinitionId": str(record.channel_definition_id),
+                "RequestId": record.request_id,
+                "From": record.sender,
+                "Segments": record.segments,
+                "ExpiresAt": record.expires_at,
+            }
+            await self._call(self._messages.upsert_entity, entity, mode=UpdateMode.REPLACE)
 
     async def find_message(self, provider: str, message_id: str) -> MessageRecord | None:
         try:
@@ -277,12 +302,36 @@ class SendLedger:
             sender=entity["From"],
             segments=int(entity.get("Segments", 0)),
             expires_at=_utc(entity["ExpiresAt"]),
+            parts=int(entity.get("Parts", 1)),
         )
+
+    # -- message parts: per-part delivery outcomes, concatenated inbound texts -------------------
+
+    async def save_part(self, provider: str, group: str, part: str, value: str) -> None:
+        entity = {
+            "PartitionKey": row_key(f"{provider}|{group}"),
+            "RowKey": row_key(part),
+            "Value": value,
+            "ExpiresAt": self.expiry(),
+        }
+        await self._call(self._parts.upsert_entity, entity, mode=UpdateMode.REPLACE)
+
+    async def parts(self, provider: str, group: str) -> dict[str, str]:
+        """Every part saved for ``group``: part -> value."""
+        partition = row_key(f"{provider}|{group}").replace("'", "''")
+
+        def query() -> dict[str, str]:
+            rows = self._parts.query_entities(f"PartitionKey eq '{partition}'", select=["RowKey", "Value"])
+            return {entity["RowKey"]: entity["Value"] for entity in rows}
+
+        result: dict[str, str] = await self._call(query)
+        return result
 
     # -- relays ------------------------------------------------------------------------------
 
     async def claim_relay(self, provider: str, event_key: str, *, lease_seconds: float) -> RelayClaim:
-        """Take the right to relay one event: exactly one caller at a time gets CLAIMED."""
+        """Take the right to relay one event: one caller at a time holds it (``state`` CLAIMED,
+        with the row's ETag, which :meth:`finish_relay` and :meth:`release_relay` require)."""
         entity = {
             "PartitionKey": provider,
             "RowKey": row_key(event_key),
@@ -291,20 +340,20 @@ class SendLedger:
             "ExpiresAt": self.expiry(),
         }
         try:
-            await self._call(self._relayed.create_entity, entity)
-            return RelayClaim.CLAIMED
+            metadata = await self._call(self._relayed.create_entity, entity)
+            return RelayClaim(RelayClaimState.CLAIMED, metadata.get("etag"))
         except ResourceExistsError:
             pass
         try:
             existing = await self._call(self._relayed.get_entity, provider, row_key(event_key))
         except ResourceNotFoundError:  # released in between: the next attempt will claim it
-            return RelayClaim.BUSY
+            return RelayClaim(RelayClaimState.BUSY)
         if existing.get("State") == "Relayed":
-            return RelayClaim.DONE
+            return RelayClaim(RelayClaimState.DONE)
         if _utc(existing["LeaseUntil"]) > self.now:
-            return RelayClaim.BUSY
+            return RelayClaim(RelayClaimState.BUSY)
         try:  # the claimant died mid-relay: take its claim over
-            await self._call(
+            metadata = await self._call(
                 self._relayed.update_entity,
                 entity,
                 mode=UpdateMode.REPLACE,
@@ -312,10 +361,11 @@ class SendLedger:
                 match_condition=MatchConditions.IfNotModified,
             )
         except ResourceModifiedError:
-            return RelayClaim.BUSY
-        return RelayClaim.CLAIMED
+            return RelayClaim(RelayClaimState.BUSY)
+        return RelayClaim(RelayClaimState.CLAIMED, metadata.get("etag"))
 
-    async def finish_relay(self, provider: str, event_key: str) -> None:
+    async def finish_relay(self, provider: str, event_key: str, claim: RelayClaim) -> bool:
+        """Mark the event relayed; False if the claim was lost to another worker meanwhile."""
         entity = {
             "PartitionKey": provider,
             "RowKey": row_key(event_key),
@@ -323,12 +373,28 @@ class SendLedger:
             "RelayedAt": self.now,
             "ExpiresAt": self.expiry(),
         }
-        await self._call(self._relayed.upsert_entity, entity, mode=UpdateMode.REPLACE)
+        try:
+            await self._call(
+                self._relayed.update_entity,
+                entity,
+                mode=UpdateMode.REPLACE,
+                etag=claim.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
 
-    async def release_relay(self, provider: str, event_key: str) -> None:
-        """Give a claim back (the relay failed), so that a later attempt can claim it."""
-        with contextlib.suppress(ResourceNotFoundError):
-            await self._call(self._relayed.delete_entity, provider, row_key(event_key))
+    async def release_relay(self, provider: str, event_key: str, claim: RelayClaim) -> None:
+        """Give the claim back (the relay failed) unless another worker holds the event by now."""
+        with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
+            await self._call(
+                self._relayed.delete_entity,
+                provider,
+                row_key(event_key),
+                etag=claim.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
 
     # -- retention ---------------------------------------------------------------------------
 

@@ -249,7 +249,7 @@ class OutboundService:
             record, context, state=SendState.SENT, message_id=receipt.message_id, reason=None
         )
         try:
-            await self.ledger.remember_message(record, receipt.message_id)
+            await self.ledger.remember_message(record, receipt.message_id, receipt.part_message_ids)
         except StorageUnavailable as exc:
             log.error(
                 "Sent %s but its message record was not stored (%s); its delivery reports "

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from channels.webhooks import DeliveryEvent, DeliveryOutcome, InboundSms
 from contracts import ChannelStatus, InboundPayload, NotificationDetails, NotificationPayload
-from core.ledger import RelayClaim, SendLedger, StorageUnavailable
+from core.ledger import RelayClaim, RelayClaimState, SendLedger, StorageUnavailable
 from core.phones import InvalidPhoneNumber, mask, to_e164
 from dataverse.client import DataverseGateway, DataversePermanentError, DataverseTransientError
 
@@ -43,14 +43,16 @@ log = logging.getLogger("sms.relay")
 
 RELAY_QUEUE = "relay-jobs"
 POISON_QUEUE = f"{RELAY_QUEUE}-poison"
-#: Transient failures before a job is poisoned (with the delays below: about four hours).
-MAX_ATTEMPTS = 12
+#: Transient failures before a job is poisoned: with delays doubling from 5 s to 30 minutes, about a day.
+MAX_ATTEMPTS = 60
 MAX_DELAY_SECONDS = 1800.0
 #: A delivery report can overtake the send's own record; look again a few times, then give up.
 UNKNOWN_MESSAGE_ATTEMPTS = 3
 UNKNOWN_MESSAGE_DELAY_SECONDS = 20.0
 #: How long a worker's claim on an event stands before another may take it over (it died).
-RELAY_LEASE_SECONDS = 120.0
+RELAY_LEASE_SECONDS = 600.0
+#: When a duplicate finds its event claimed, it looks again this much later.
+BUSY_DELAY_SECONDS = 60.0
 MARK_ATTEMPTS = 4
 
 
@@ -72,10 +74,17 @@ class RelayJob(BaseModel):
     description: str | None = None
     sender: str | None = None
     correlation: str | None = None
+    #: A message sent as separately reported parts: how many, and how many were delivered.
+    parts_total: int | None = None
+    parts_delivered: int | None = None
     # inbound messages
     customer: str | None = None
     our_number: str | None = None
     text: str | None = None
+    #: One part of a concatenated inbound message (reassembled before relaying).
+    concat_ref: str | None = None
+    concat_total: int | None = None
+    concat_part: int | None = None
 
     @classmethod
     def delivery(cls, event: DeliveryEvent) -> RelayJob:
@@ -177,29 +186,47 @@ class RelayService:
         self.dataverse = dataverse
 
     async def process(self, job: RelayJob) -> None:
+        """Relay one job. Only a failure to put it back on a queue escapes (the host then retries)."""
         context = f"{job.kind} {job.provider} MessageId={job.message_id} job={job.job_id}"
+        try:
+            await self._process(job, context)
+        except StorageUnavailable as exc:
+            # a storage hiccup must not burn the host's few dequeues: come back later
+            await self._later(job, context, None, str(exc))
+        except Exception as exc:
+            log.exception("unexpected failure relaying %s", context)
+            await self.queue.poison(job, f"unexpected {type(exc).__name__}")
+
+    async def _process(self, job: RelayJob, context: str) -> None:
+        whole = await self._whole_message(job, context)
+        if whole is None:
+            return
+        job = whole
         claim = await self.ledger.claim_relay(job.provider, job.event_key, lease_seconds=RELAY_LEASE_SECONDS)
-        if claim is RelayClaim.DONE:
+        if claim.state is RelayClaimState.DONE:
             log.info("duplicate %s: already relayed", context)
             return
-        if claim is RelayClaim.BUSY:  # a duplicate being relayed right now; look again once it is done
-            await self.queue.put(job, delay=RELAY_LEASE_SECONDS)
+        if claim.state is RelayClaimState.BUSY:  # a duplicate is being relayed right now: look again later
+            await self.queue.put(job, delay=BUSY_DELAY_SECONDS)
             return
         try:
             relayed = await self._relay(job, context)
         except BaseException:
-            await self.ledger.release_relay(job.provider, job.event_key)
+            with contextlib.suppress(StorageUnavailable):
+                await self.ledger.release_relay(job.provider, job.event_key, claim)
             raise
         if relayed:
-            await self._mark_relayed(job, context)
+            await self._mark_relayed(job, context, claim)
+        else:
+            await self.ledger.release_relay(job.provider, job.event_key, claim)
 
     async def _relay(self, job: RelayJob, context: str) -> bool:
-        """Call Dataverse; True once it accepted. Failures release the claim and are handled here."""
+        """Call Dataverse; True once it accepted it. Dataverse's and the job's own failures are
+        handled here (poison or a later attempt)."""
         try:
             if job.kind == "notification":
                 notification = await self._notification(job, context)
                 if notification is None:
-                    await self.ledger.release_relay(job.provider, job.event_key)
                     return False
                 await self.dataverse.notify(notification)
                 log.info("relayed %s RequestId=%s Status=%s", context, notification.request_id, job.status)
@@ -207,33 +234,73 @@ class RelayService:
                 await self.dataverse.inbound(await self._inbound(job))
                 log.info("relayed %s", context)
         except (DataversePermanentError, _Unresolvable) as exc:
-            await self.ledger.release_relay(job.provider, job.event_key)
             log.error("poisoned %s: %s", context, exc)
             await self.queue.poison(job, str(exc))
             return False
         except DataverseTransientError as exc:
-            await self.ledger.release_relay(job.provider, job.event_key)
             await self._later(job, context, exc.retry_after, str(exc))
             return False
         return True
 
-    async def _mark_relayed(self, job: RelayJob, context: str) -> None:
+    async def _mark_relayed(self, job: RelayJob, context: str, claim: RelayClaim) -> None:
         """Dataverse has it: record that, but never fail the job now (a retry would relay it again)."""
         for attempt in range(MARK_ATTEMPTS):
             try:
-                await self.ledger.finish_relay(job.provider, job.event_key)
+                if not await self.ledger.finish_relay(job.provider, job.event_key, claim):
+                    log.warning(
+                        "relayed %s after its claim was taken over; Dataverse may see it twice", context
+                    )
                 return
             except StorageUnavailable as exc:
                 if attempt + 1 == MARK_ATTEMPTS:
                     log.error(
-                        "relayed %s but could not record it (%s); a provider retry after %.0fs could "
-                        "relay it again",
+                        "relayed %s but could not record it (%s); a duplicate arriving after %.0fs "
+                        "would be relayed again",
                         context,
                         exc,
                         RELAY_LEASE_SECONDS,
                     )
                     return
                 await asyncio.sleep(0.5 * 2**attempt)
+
+    async def _whole_message(self, job: RelayJob, context: str) -> RelayJob | None:
+        """Parts become one message: a multipart delivery report relays once for the whole text
+        (NotDelivered as soon as one part fails, Delivered once all are), a concatenated inbound
+        message once all its parts are in. None while parts are outstanding."""
+        if job.kind == "notification" and job.status is not None:
+            record = await self.ledger.find_message(job.provider, job.message_id)
+            if record is None or record.parts <= 1:
+                return job
+            await self.ledger.save_part(job.provider, record.message_id, job.message_id, job.status.value)
+            outcomes = await self.ledger.parts(job.provider, record.message_id)
+            delivered = sum(1 for outcome in outcomes.values() if outcome == ChannelStatus.DELIVERED.value)
+            if job.status is ChannelStatus.DELIVERED and delivered < record.parts:
+                log.info("%s: %d of %d parts delivered", context, delivered, record.parts)
+                return None
+            return job.model_copy(
+                update={
+                    "message_id": record.message_id,
+                    "parts_total": record.parts,
+                    "parts_delivered": delivered,
+                }
+            )
+        if job.kind == "inbound" and job.concat_total and job.concat_total > 1 and job.concat_ref:
+            group = f"concat|{job.customer}|{job.our_number}|{job.concat_ref}"
+            await self.ledger.save_part(job.provider, group, f"{job.concat_part or 0:04d}", job.text or "")
+            parts = await self.ledger.parts(job.provider, group)
+            if len(parts) < job.concat_total:
+                log.info("%s: %d of %d parts received", context, len(parts), job.concat_total)
+                return None
+            return job.model_copy(
+                update={
+                    "message_id": f"{job.concat_ref}:{job.customer}",
+                    "text": "".join(parts[key] for key in sorted(parts)),
+                    "concat_ref": None,
+                    "concat_total": None,
+                    "concat_part": None,
+                }
+            )
+        return job
 
     async def _later(self, job: RelayJob, context: str, retry_after: float | None, error: str) -> None:
         attempt = job.attempt + 1
@@ -273,6 +340,9 @@ class RelayService:
         status_details = {"Provider": job.provider, "ProviderStatus": job.provider_status}
         if job.error_code:
             status_details["ErrorCode"] = job.error_code
+        if job.parts_total:
+            status_details["PartsTotal"] = str(job.parts_total)
+            status_details["PartsDelivered"] = str(job.parts_delivered or 0)
         details = None
         if job.status is ChannelStatus.NOT_DELIVERED:
             details = NotificationDetails(

@@ -20,6 +20,9 @@ from dataverse.settings import IdentitySettings
 __all__ = ["BearerAuth", "MsalTokenProvider", "TokenUnavailable"]
 
 
+TOKEN_TIMEOUT_SECONDS = 10
+
+
 class TokenUnavailable(Exception):
     """No token could be had (identity endpoint unreachable, credentials refused)."""
 
@@ -32,6 +35,7 @@ class MsalTokenProvider:
         self._lock = threading.RLock()
         #: Token requests MSAL sent to the identity provider (not served from its cache).
         self.fetched = 0
+        self._current: str | None = None
 
     def _build(self) -> Any:
         import msal
@@ -61,6 +65,7 @@ class MsalTokenProvider:
             authority=f"{str(identity.authority_host).rstrip('/')}/{identity.tenant_id}",
             # the authority comes from trusted settings; discovery would only add a round trip
             instance_discovery=False,
+            timeout=TOKEN_TIMEOUT_SECONDS,
         )
 
     def _credential(self) -> Any:
@@ -96,13 +101,16 @@ class MsalTokenProvider:
             raise TokenUnavailable(f"token refused: {result.get('error', 'unknown error')}")
         if result.get("token_source") == "identity_provider":
             self.fetched += 1
-        return str(token)
+        self._current = str(token)
+        return self._current
 
-    def invalidate(self) -> None:
-        """Forget cached tokens: the next :meth:`acquire` asks the identity provider again."""
+    def invalidate(self, rejected: str | None = None) -> None:
+        """Forget cached tokens, so the next :meth:`acquire` asks the identity provider again;
+        with ``rejected``, only if that is still the current token (another request may have
+        refreshed it already). Blocking: call it in a thread."""
         with self._lock:
             app = self._app
-            if app is None:
+            if app is None or (rejected is not None and rejected != self._current):
                 return
             if hasattr(app, "remove_tokens_for_client"):
                 app.remove_tokens_for_client()
@@ -134,10 +142,11 @@ class BearerAuth(httpx.Auth):
         self.tokens = tokens
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        request.headers["Authorization"] = f"Bearer {await asyncio.to_thread(self.tokens.acquire)}"
+        token = await asyncio.to_thread(self.tokens.acquire)
+        request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code == 401:
             await response.aread()
-            self.tokens.invalidate()
+            await asyncio.to_thread(self.tokens.invalidate, token)
             request.headers["Authorization"] = f"Bearer {await asyncio.to_thread(self.tokens.acquire)}"
             yield request

@@ -74,9 +74,12 @@ class DataverseTransientError(DataverseError):
         status: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        throttled: bool = False,
     ) -> None:
         super().__init__(message, status=status, code=code)
         self.retry_after = retry_after
+        #: A service-protection 429: every request of this process waits out ``retry_after``.
+        self.throttled = throttled
 
 
 class DataversePermanentError(DataverseError):
@@ -135,7 +138,7 @@ class DataverseClient:
         self._gate = asyncio.Semaphore(cap)
         self._resume_at = 0.0
         self._organization_id: str | None = settings.organization_id
-        self._definitions: dict[str, UUID | None] = dict(settings.channel_definitions)
+        self._definitions: dict[str, UUID] = dict(settings.channel_definitions)
 
     # -- operations --------------------------------------------------------------------------
 
@@ -168,7 +171,9 @@ class DataverseClient:
                     "several channel definitions use contact point %s; using none",
                     _LONG_DIGITS.sub(_mask, contact_point),
                 )
-            self._definitions[contact_point] = UUID(definitions.pop()) if len(definitions) == 1 else None
+            if len(definitions) != 1:
+                return None  # not cached: a channel instance created later must be found on replay
+            self._definitions[contact_point] = UUID(definitions.pop())
         return self._definitions[contact_point]
 
     async def aclose(self) -> None:
@@ -182,7 +187,8 @@ class DataverseClient:
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, DataverseTransientError) and exc.retry_after is not None:
-                return 0.0  # _respect_throttling waits out the Retry-After window before the next try
+                # a 429's window is waited out by every request in _respect_throttling
+                return 0.0 if exc.throttled else exc.retry_after
             return float(BACKOFF(state))
 
         def stop(state: RetryCallState) -> bool:
@@ -207,12 +213,17 @@ class DataverseClient:
         raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
 
     async def _attempt(self, method: str, path: str, json: Any) -> httpx.Response:
+        pause = self._resume_at - time.monotonic()
+        if pause > MAX_IN_PROCESS_SECONDS:  # a long throttling window is waited out by the relay queue
+            raise DataverseTransientError("dataverse: throttled", retry_after=pause, throttled=True)
         async with self._gate:
             await self._respect_throttling()
             try:
                 response = await self._http.request(method, path, json=json)
             except TokenUnavailable as exc:
                 raise DataverseTransientError(f"dataverse: {exc}") from None
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+                raise DataversePermanentError(f"dataverse: {type(exc).__name__}") from None
             except httpx.HTTPError as exc:
                 raise DataverseTransientError(f"dataverse: {type(exc).__name__}") from None
         if response.is_success:
@@ -232,7 +243,9 @@ class DataverseClient:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), default=5.0) or 0.0
             self._resume_at = max(self._resume_at, time.monotonic() + retry_after)
             log.warning("dataverse throttled (%s); pausing requests for %.1fs", code or status, retry_after)
-            return DataverseTransientError(description, status=status, code=code, retry_after=retry_after)
+            return DataverseTransientError(
+                description, status=status, code=code, retry_after=retry_after, throttled=True
+            )
         if status in (401, 502, 503, 504):
             return DataverseTransientError(
                 description,

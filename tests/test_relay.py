@@ -15,7 +15,7 @@ import pytest
 
 from blueprints import relay as relay_blueprint
 from contracts import ChannelStatus
-from core.ledger import RelayClaim, SendLedger, SendRecord, SendState
+from core.ledger import RelayClaimState, SendLedger, SendRecord, SendState
 from core.relay import MAX_ATTEMPTS, UNKNOWN_MESSAGE_ATTEMPTS, RelayJob, RelayQueue, RelayService
 from core.replay_poison import replay
 from core.services import Services
@@ -126,8 +126,7 @@ async def test_concurrent_duplicates_are_relayed_once(
     # duplicates that found the event claimed were re-queued; when they come back it is done
     assert (
         await ledger.claim_relay("twilio", delivered(message_id).event_key, lease_seconds=1)
-        is RelayClaim.DONE
-    )
+    ).state is RelayClaimState.DONE
 
 
 async def test_echoed_reference_correlates_when_no_record_exists(
@@ -170,7 +169,9 @@ async def test_rejected_relay_goes_to_the_poison_queue(
     assert poisoned.message_id == message_id and "0x80040265" in (poisoned.last_error or "")
     assert relay_queues.count(relay_queues.jobs) == 0
     # not marked relayed: a replay after the fix can relay it
-    assert await ledger.claim_relay("twilio", poisoned.event_key, lease_seconds=1) is RelayClaim.CLAIMED
+    assert (
+        await ledger.claim_relay("twilio", poisoned.event_key, lease_seconds=1)
+    ).state is RelayClaimState.CLAIMED
 
 
 async def test_unavailable_dataverse_is_retried_later_then_poisoned(

@@ -385,3 +385,118 @@ async def test_queue_unreachable_asks_the_provider_to_retry(
     )
     await services.aclose()
     assert response.status_code == 503 and "Retry-After" in response.headers
+
+
+async def test_twilio_shared_key_hmac_sha256_signature(
+    services: Services, keys: Secrets, relay_queues: RelayQueues, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared_key = secrets.token_urlsafe(24)
+    monkeypatch.setenv("TWILIO_WEBHOOK_SHARED_KEY", shared_key)
+    fresh = Services()
+    params = twilio_callback()
+    url = f"{PUBLIC}/api/providers/twilio/delivery-reports"
+    signature = RequestValidator(shared_key).compute_signature(url, params, "HMAC_SHA256")
+    settings_header = "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256"
+    headers = {"X-Twilio-Signature": signature, "X-Twilio-Webhooks-Signature-Settings": settings_header}
+    accepted = await call(fresh, "twilio", "delivery-reports", urlencode(params).encode(), headers=headers)
+    auth_token_signed = RequestValidator(keys.twilio).compute_signature(url, params, "HMAC_SHA256")
+    refused = await call(
+        fresh,
+        "twilio",
+        "delivery-reports",
+        urlencode(params).encode(),
+        headers={**headers, "X-Twilio-Signature": auth_token_signed},
+    )
+    unknown = await call(
+        fresh,
+        "twilio",
+        "delivery-reports",
+        urlencode(params).encode(),
+        headers={**headers, "X-Twilio-Webhooks-Signature-Settings": "algorithm=HMAC_MD5"},
+    )
+    await fresh.aclose()
+    assert [accepted.status_code, refused.status_code, unknown.status_code] == [200, 403, 403]
+    assert relay_queues.count(relay_queues.jobs) == 1
+
+
+async def test_twilio_json_body_signed_with_body_sha256(
+    services: Services, keys: Secrets, relay_queues: RelayQueues
+) -> None:
+    body = json.dumps({"MessageSid": "SMjson", "MessageStatus": "delivered"})
+    digest = RequestValidator(keys.twilio).compute_hash(body)
+    url = f"{PUBLIC}/api/providers/twilio/delivery-reports?bodySHA256={digest}"
+    signature = RequestValidator(keys.twilio).compute_signature(url, {})
+    assert RequestValidator(keys.twilio).validate(url, body, signature)  # the SDK agrees
+    headers = {"X-Twilio-Signature": signature, "Content-Type": "application/json"}
+    valid = await call(
+        services, "twilio", "delivery-reports", body.encode(), query={"bodySHA256": digest}, headers=headers
+    )
+    tampered = await call(
+        services,
+        "twilio",
+        "delivery-reports",
+        body.replace("delivered", "failed").encode(),
+        query={"bodySHA256": digest},
+        headers=headers,
+    )
+    assert tampered.status_code == 403
+    # authentic, then refused as a delivery report: Twilio's SMS status callbacks are forms
+    assert valid.status_code == 400 and json.loads(valid.get_body())["error"]["code"] == "InvalidWebhook"
+
+
+async def test_twilio_signature_on_a_non_default_port(
+    keys: Secrets, azurite: Azurite, relay_queues: RelayQueues, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://sms.example.org:8443")
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", keys.twilio)
+    fresh = Services()
+    params = twilio_callback()
+    for url in (
+        "https://sms.example.org:8443/api/providers/twilio/delivery-reports",
+        "https://sms.example.org/api/providers/twilio/delivery-reports",
+    ):
+        signature = RequestValidator(keys.twilio).compute_signature(url, params)
+        assert RequestValidator(keys.twilio).validate(
+            "https://sms.example.org:8443/api/providers/twilio/delivery-reports", params, signature
+        )
+        response = await call(
+            fresh,
+            "twilio",
+            "delivery-reports",
+            urlencode(params).encode(),
+            headers={"X-Twilio-Signature": signature},
+        )
+        assert response.status_code == 200, url
+    await fresh.aclose()
+
+
+async def test_unreadable_and_oversized_bodies_are_4xx(services: Services, keys: Secrets) -> None:
+    not_utf8 = await call(
+        services, "twilio", "delivery-reports", b"MessageSid=\xff\xfe", headers={"X-Twilio-Signature": "x"}
+    )
+    huge = await call(
+        services, "twilio", "inbound", b"a=" + b"x" * 70_000, headers={"X-Twilio-Signature": "x"}
+    )
+    body = b"{}"
+    overflow = await call(
+        services,
+        "simulator",
+        "delivery-reports",
+        body,
+        headers={"X-Simulator-Timestamp": "9" * 400, "X-Simulator-Signature": "00"},
+    )
+    assert [not_utf8.status_code, huge.status_code, overflow.status_code] == [400, 413, 403]
+
+
+async def test_unconfigured_provider_reveals_no_setting_names(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    fresh = Services()  # no Twilio settings at all
+    response = await call(
+        fresh, "twilio", "delivery-reports", b"MessageSid=SM1", headers={"X-Twilio-Signature": "x"}
+    )
+    await fresh.aclose()
+    assert response.status_code == 503 and "TWILIO" not in response.get_body().decode()
