@@ -24,6 +24,7 @@ from nacl.signing import SigningKey
 from pydantic import SecretStr
 from telnyx.lib.webhook_verification import verify_webhook_signature
 from twilio.request_validator import RequestValidator
+from vonage_http_client import Auth as VonageAuth
 
 from channels.acs import AcsChannel, AcsSettings
 from channels.base import SendRequest, SmsChannel
@@ -31,9 +32,10 @@ from channels.plivo import PlivoChannel, PlivoSettings
 from channels.simulator import SimulatorChannel, SimulatorSettings, sign_webhook
 from channels.telnyx import TelnyxChannel, TelnyxSettings
 from channels.twilio import TwilioChannel, TwilioSettings
+from channels.vonage import VonageChannel, VonageSettings
 from channels.webhooks import WebhookRequest
 from tests.fakes.http import FakeHttpServer
-from tests.fakes.providers import FakeAcs, FakePlivo, FakeTelnyx, FakeTwilio
+from tests.fakes.providers import FakeAcs, FakePlivo, FakeTelnyx, FakeTwilio, FakeVonage
 from tests.fakes.tls import LocalCA
 
 PUBLIC = "https://sms.example.org"
@@ -413,4 +415,89 @@ class PlivoKit(ProviderKit):
         return replace(request, headers={})
 
 
-KITS: list[type[ProviderKit]] = [SimulatorKit, TwilioKit, AcsKit, TelnyxKit, PlivoKit]
+class VonageKit(ProviderKit):
+    name = "vonage"
+    timestamped = True
+
+    def __init__(self, ca: LocalCA) -> None:
+        super().__init__(ca)
+        self.api_key, self.api_secret = secrets.token_hex(4), secrets.token_hex(8)
+        self.signature_secret = secrets.token_urlsafe(24)
+
+    @contextmanager
+    def channel(self) -> Iterator[SmsChannel]:
+        with FakeHttpServer(FakeVonage(self.api_key, self.api_secret)) as api:
+            yield VonageChannel(
+                VonageSettings(
+                    api_key=self.api_key,
+                    api_secret=SecretStr(self.api_secret),
+                    signature_secret=SecretStr(self.signature_secret),
+                    signature_method="sha256",
+                    api_base_url=api.url,
+                )
+            )  # type: ignore[arg-type]
+
+    def _signed(self, kind: str, params: dict[str, str], timestamp: int | None = None) -> WebhookRequest:
+        params = {
+            **params,
+            "timestamp": str(int(time.time()) if timestamp is None else timestamp),
+            "nonce": str(uuid.uuid4()),
+            "api-key": self.api_key,
+        }
+        # Vonage's SDK signs what our verifier must accept
+        params["sig"] = VonageAuth(
+            api_key=self.api_key, signature_secret=self.signature_secret, signature_method="sha256"
+        ).sign_params(dict(params))
+        return _request(
+            f"{PUBLIC}/api/providers/vonage/{kind}",
+            json.dumps(params).encode(),
+            {"Content-Type": "application/json"},
+        )
+
+    def _receipt(self, message_id: str, status: str, err_code: str) -> dict[str, str]:
+        return {
+            "msisdn": CUSTOMER.lstrip("+"),
+            "to": OUR_NUMBER.lstrip("+"),
+            "network-code": "310260",
+            "messageId": message_id,
+            "price": "0.03",
+            "status": status,
+            "scts": "2611271000",
+            "err-code": err_code,
+            "message-timestamp": "2026-11-27 10:00:00",
+        }
+
+    def delivery_report(self, message_id: str, status: str) -> WebhookRequest:
+        wire, err = {
+            "delivered": ("delivered", "0"),
+            "failed": ("failed", "12"),
+            "intermediate": ("accepted", "0"),
+        }[status]
+        return self._signed("delivery-reports", self._receipt(message_id, wire, err))
+
+    def inbound(self, text: str) -> WebhookRequest:
+        return self._signed(
+            "inbound",
+            {
+                "msisdn": CUSTOMER.lstrip("+"),
+                "to": OUR_NUMBER,
+                "messageId": "IN1",
+                "text": text,
+                "type": "unicode",
+                "keyword": "HELLO",
+                "message-timestamp": "2026-11-27 10:00:00",
+            },
+        )
+
+    def unsigned(self, request: WebhookRequest) -> WebhookRequest:
+        document = json.loads(request.body)
+        document.pop("sig")
+        return replace(request, body=json.dumps(document).encode())
+
+    def stale(self, message_id: str) -> WebhookRequest:
+        return self._signed(
+            "delivery-reports", self._receipt(message_id, "delivered", "0"), timestamp=int(time.time()) - 600
+        )
+
+
+KITS: list[type[ProviderKit]] = [SimulatorKit, TwilioKit, AcsKit, TelnyxKit, PlivoKit, VonageKit]

@@ -426,3 +426,14 @@ async def test_any_request_id_is_a_valid_storage_key(
     assert len(channel.requests) == 1
     record = await ledger.get(channel_definition_id, request_id)
     assert record is not None and record.request_id == request_id
+
+
+async def test_every_part_of_a_multipart_send_is_recorded(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
+    channel = ScriptedChannel(SendReceipt("P1", part_message_ids=("P1", "P2", "P3")))
+    outcome = await make_service(ledger, channel).send(payload(channel_definition_id, "multipart"))
+    assert outcome == SendOutcome(ChannelStatus.SENT, message_id="P1")
+    for part in ("P1", "P2", "P3"):
+        record = await ledger.find_message("scripted", part)
+        assert record is not None and (record.message_id, record.parts, record.request_id) == ("P1", 3, "multipart")

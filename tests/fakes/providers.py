@@ -196,3 +196,57 @@ class FakePlivo:
                 "message_uuid": [str(uuid.uuid4())],
             },
         )
+
+
+@dataclass
+class FakeVonage:
+    """The SMS API: a text over one SMS comes back as several parts, each with its own id."""
+
+    api_key: str
+    api_secret: str
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, request: Recorded) -> Reply:
+        if request.path != "/sms/json":
+            return Reply(404, {"error": "not found"})
+        form = request.form()
+        if (form.get("api_key"), form.get("api_secret")) != (self.api_key, self.api_secret):
+            return Reply(
+                200, {"message-count": "1", "messages": [{"status": "4", "error-text": "Bad Credentials"}]}
+            )
+        to = form.get("to", "")
+        if to.endswith("0500"):
+            return Reply(500, "")
+        for suffix, status in (("0429", "1"), ("0211", "7"), ("0610", "6")):
+            if to.endswith(suffix):
+                return Reply(
+                    200,
+                    {
+                        "message-count": "1",
+                        "messages": [{"to": to, "status": status, "error-text": "refused"}],
+                    },
+                )
+        limit = 70 if form.get("type") == "unicode" else 160
+        per_part = 67 if form.get("type") == "unicode" else 153
+        text = form.get("text", "")
+        count = 1 if len(text) <= limit else -(-len(text) // per_part)
+        with self._lock:
+            ids = [f"{next(self._ids):016X}" for _ in range(count)]
+        return Reply(
+            200,
+            {
+                "message-count": str(count),
+                "messages": [
+                    {
+                        "to": to,
+                        "message-id": message_id,
+                        "status": "0",
+                        "remaining-balance": "10.0",
+                        "message-price": "0.03",
+                        "network": "310260",
+                    }
+                    for message_id in ids
+                ],
+            },
+        )
