@@ -436,4 +436,8 @@ async def test_every_part_of_a_multipart_send_is_recorded(
     assert outcome == SendOutcome(ChannelStatus.SENT, message_id="P1")
     for part in ("P1", "P2", "P3"):
         record = await ledger.find_message("scripted", part)
-        assert record is not None and (record.message_id, record.parts, record.request_id) == ("P1", 3, "multipart")
+        assert record is not None and (record.message_id, record.parts, record.request_id) == (
+            "P1",
+            3,
+            "multipart",
+        )
