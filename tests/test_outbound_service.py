@@ -327,7 +327,9 @@ class _LedgerFailingAfterSend(SendLedger):
             raise StorageUnavailable("table storage: ServiceRequestError")
         return await super().replace_if_unchanged(record, **changes)
 
-    async def remember_message(self, record: SendRecord, message_id: str) -> None:
+    async def remember_message(
+        self, record: SendRecord, message_id: str, part_ids: tuple[str, ...] = ()
+    ) -> None:
         raise StorageUnavailable("table storage: ServiceRequestError")
 
 
