@@ -26,7 +26,7 @@ def blueprint(services: Services) -> func.Blueprint:
         dataverse = "unknown"
         try:
             provider = services.settings().sms_provider
-            services.channel()
+            problems.extend(services.router().check())
         except ConfigurationError as exc:
             problems.extend(exc.problems)
         try:

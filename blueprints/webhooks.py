@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import azure.functions as func
 
 from blueprints.responses import error_response
+from channels.base import SmsChannel
 from channels.webhooks import InvalidWebhook, WebhookKind, WebhookRejected, WebhookRequest
 from core.ledger import StorageUnavailable
 from core.relay import RelayJob
@@ -37,16 +38,29 @@ def webhook_request(req: func.HttpRequest, public_base_url: str | None) -> Webho
     )
 
 
+def authenticated_by(candidates: list[SmsChannel], request: WebhookRequest) -> SmsChannel:
+    """The account (adapter) whose credentials the request was signed with; the first refusal if none."""
+    first: WebhookRejected | None = None
+    for channel in candidates:
+        try:
+            channel.verify_webhook(request)
+            return channel
+        except WebhookRejected as rejected:
+            first = first or rejected
+    assert first is not None
+    raise first
+
+
 async def handle(services: Services, req: func.HttpRequest, kind: WebhookKind) -> func.HttpResponse:
     provider = req.route_params.get("provider", "").lower()
     try:
-        channel = services.webhook_channel(provider)
+        candidates = services.router().for_webhooks(provider)
         settings = services.settings()
     except ConfigurationError as exc:
         # no setting names to anonymous callers; 503 so that providers retry once it is fixed
         log.error("%s %s webhook refused, configuration: %s", provider, kind, exc)
         return error_response(503, "NotConfigured", "this webhook is not configured", retry_after=60)
-    if channel is None:
+    if not candidates:
         return error_response(404, "UnknownProvider", "no such provider")
     if len(req.get_body()) > settings.max_body_bytes:
         return error_response(413, "PayloadTooLarge", "the body is over MAX_BODY_BYTES")
@@ -54,7 +68,7 @@ async def handle(services: Services, req: func.HttpRequest, kind: WebhookKind) -
     request = webhook_request(req, str(base) if base else None)
 
     try:
-        channel.verify_webhook(request)
+        channel = authenticated_by(candidates, request)
     except WebhookRejected as rejected:
         log.warning("%s %s webhook refused (%d): %s", provider, kind, rejected.status_code, rejected.reason)
         return error_response(

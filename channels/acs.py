@@ -189,8 +189,8 @@ class AcsChannel:
         )
 
     @classmethod
-    def from_settings(cls, app: AppSettings) -> AcsChannel:
-        return cls(load(AcsSettings), timeout=app.provider_timeout_seconds)
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> AcsChannel:
+        return cls(load(AcsSettings, account=account), timeout=app.provider_timeout_seconds)
 
     async def send(self, request: SendRequest) -> SendReceipt:
         body = {

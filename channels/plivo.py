@@ -106,9 +106,9 @@ class PlivoChannel:
         )
 
     @classmethod
-    def from_settings(cls, app: AppSettings) -> PlivoChannel:
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> PlivoChannel:
         return cls(
-            load(PlivoSettings),
+            load(PlivoSettings, account=account),
             delivery_report_url=app.callback_url(DELIVERY_REPORT_PATH),
             timeout=app.provider_timeout_seconds,
         )

@@ -13,7 +13,8 @@ from channels.twilio import TwilioChannel
 from channels.vonage import VonageChannel
 from core.settings import AppSettings, ConfigurationError
 
-ChannelFactory = Callable[[AppSettings], SmsChannel]
+#: (app settings, account name or None) -> adapter
+ChannelFactory = Callable[[AppSettings, str | None], SmsChannel]
 
 PROVIDERS: dict[str, ChannelFactory] = {
     SimulatorChannel.name: SimulatorChannel.from_settings,
@@ -25,10 +26,15 @@ PROVIDERS: dict[str, ChannelFactory] = {
 }
 
 
-def build_channel(settings: AppSettings) -> SmsChannel:
-    factory = PROVIDERS.get(settings.sms_provider.strip().lower())
+def build_channel(
+    settings: AppSettings, provider: str | None = None, account: str | None = None
+) -> SmsChannel:
+    """The adapter of ``provider`` (default: SMS_PROVIDER), with ``account``'s settings if named."""
+    name = (provider or settings.sms_provider).strip().lower()
+    factory = PROVIDERS.get(name)
     if factory is None:
+        setting = "SENDER_ROUTES" if provider else "SMS_PROVIDER"
         raise ConfigurationError.single(
-            "SMS_PROVIDER", f"unknown provider; choose one of {', '.join(sorted(PROVIDERS))}"
+            setting, f"unknown provider {name[:20]!r}; choose one of {', '.join(sorted(PROVIDERS))}"
         )
-    return factory(settings)
+    return factory(settings, account)

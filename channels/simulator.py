@@ -121,9 +121,10 @@ class SimulatorChannel:
         self._pending: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def from_settings(cls, app: AppSettings) -> SimulatorChannel:
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> SimulatorChannel:
         return cls(
-            load(SimulatorSettings), app_base_url=str(app.public_base_url) if app.public_base_url else None
+            load(SimulatorSettings, account=account),
+            app_base_url=str(app.public_base_url) if app.public_base_url else None,
         )
 
     async def send(self, request: SendRequest) -> SendReceipt:

@@ -110,9 +110,9 @@ class TelnyxChannel:
         )
 
     @classmethod
-    def from_settings(cls, app: AppSettings) -> TelnyxChannel:
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> TelnyxChannel:
         return cls(
-            load(TelnyxSettings),
+            load(TelnyxSettings, account=account),
             delivery_report_url=app.callback_url(DELIVERY_REPORT_PATH),
             timeout=app.provider_timeout_seconds,
         )

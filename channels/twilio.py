@@ -141,9 +141,9 @@ class TwilioChannel:
         )
 
     @classmethod
-    def from_settings(cls, app: AppSettings) -> TwilioChannel:
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> TwilioChannel:
         return cls(
-            load(TwilioSettings),
+            load(TwilioSettings, account=account),
             status_callback_url=app.callback_url(DELIVERY_REPORT_PATH),
             timeout=app.provider_timeout_seconds,
         )

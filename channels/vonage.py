@@ -135,9 +135,9 @@ class VonageChannel:
         )
 
     @classmethod
-    def from_settings(cls, app: AppSettings) -> VonageChannel:
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> VonageChannel:
         return cls(
-            load(VonageSettings),
+            load(VonageSettings, account=account),
             delivery_report_url=app.callback_url(DELIVERY_REPORT_PATH),
             timeout=app.provider_timeout_seconds,
         )

@@ -69,15 +69,17 @@ class OutboundService:
     def __init__(
         self,
         *,
-        channel: SmsChannel,
         ledger: SendLedger,
+        channel: SmsChannel | None = None,
+        channel_for: Callable[[str], SmsChannel | None] | None = None,
         max_segments: int,
         send_budget_seconds: float,
         provider_timeout_seconds: float = 5.0,
         default_region: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.channel = channel
+        #: The adapter that sends for a sender (the payload's From); None = no route for it.
+        self.channel_for: Callable[[str], SmsChannel | None] = channel_for or (lambda _sender: channel)
         self.ledger = ledger
         self.max_segments = max_segments
         self.budget = send_budget_seconds
@@ -89,14 +91,17 @@ class OutboundService:
 
     async def send(self, payload: OutboundPayload) -> SendOutcome | TryAgainLater:
         deadline = time.monotonic() + self.budget
+        channel = self.channel_for(payload.from_)
         recipient, rejection = self._validate(payload)
+        if channel is None and rejection is None:
+            rejection = _Rejection(NotSentReason.INVALID_SENDER, "SENDER_ROUTES has no route for this From")
         text = payload.message.get("text", "")
         count = count_segments(text)
         draft = SendRecord(
             channel_definition_id=payload.channel_definition_id,
             request_id=payload.request_id,
             state=SendState.NOT_SENT if rejection else SendState.SENDING,
-            provider=self.channel.name,
+            provider=channel.name if channel is not None else "unrouted",
             sender=payload.from_,
             fingerprint=_fingerprint(payload),
             idempotency_key=uuid.uuid5(
@@ -122,7 +127,7 @@ class OutboundService:
                 if record.state.is_final:
                     return _outcome_of(record)
                 return SendOutcome(ChannelStatus.NOT_SENT, reason=NotSentReason.REQUEST_ID_REUSED.value)
-            decision = await self._resume(record, deadline, owner=draft.owner)
+            decision = await self._resume(record, deadline, owner=draft.owner, channel=channel)
             if isinstance(decision, (SendOutcome, TryAgainLater)):
                 return decision
             record = decision  # this request now owns the send
@@ -146,7 +151,8 @@ class OutboundService:
             idempotency_key=record.idempotency_key,
             first_attempt_at=record.first_attempt_at,
         )
-        return await self._send_owned(record, request, deadline, context)
+        assert channel is not None  # no route is a rejection, handled above
+        return await self._send_owned(channel, record, request, deadline, context)
 
     def _validate(self, payload: OutboundPayload) -> tuple[str | None, _Rejection | None]:
         try:
@@ -165,7 +171,7 @@ class OutboundService:
         return recipient, None
 
     async def _resume(
-        self, record: SendRecord, deadline: float, *, owner: str
+        self, record: SendRecord, deadline: float, *, owner: str, channel: SmsChannel | None
     ) -> SendOutcome | TryAgainLater | SendRecord:
         """Decide about a request that an earlier call already claimed.
 
@@ -186,7 +192,7 @@ class OutboundService:
                     return TryAgainLater(1.0, "a send for this RequestId is in progress")
                 await self._sleep(IN_FLIGHT_POLL_SECONDS)
                 taken = None
-            elif self._can_resend_safely(record, now):
+            elif self._can_resend_safely(record, now, channel):
                 taken = await self._take_over(record, owner)
             else:
                 # the call that claimed it died mid-send: the provider may have the message
@@ -205,8 +211,9 @@ class OutboundService:
                 return TryAgainLater(1.0, "send state vanished; retry")
             record = latest
 
-    def _can_resend_safely(self, record: SendRecord, now: datetime) -> bool:
-        window = self.channel.idempotent_resend_window
+    @staticmethod
+    def _can_resend_safely(record: SendRecord, now: datetime, channel: SmsChannel | None) -> bool:
+        window = channel.idempotent_resend_window if channel is not None else None
         return window is not None and now - record.first_attempt_at < window
 
     async def _take_over(self, record: SendRecord, owner: str, **changes: Any) -> SendRecord | None:
@@ -219,10 +226,10 @@ class OutboundService:
         )
 
     async def _send_owned(
-        self, record: SendRecord, request: SendRequest, deadline: float, context: str
+        self, channel: SmsChannel, record: SendRecord, request: SendRequest, deadline: float, context: str
     ) -> SendOutcome | TryAgainLater:
         try:
-            receipt = await self._send_with_retries(request, deadline)
+            receipt = await self._send_with_retries(channel, request, deadline)
         except PermanentSendError as exc:
             await self.ledger.replace_if_unchanged(record, state=SendState.NOT_SENT, reason=exc.reason.value)
             log.info("NotSent %s reason=%s: %s", context, exc.reason, exc.detail)
@@ -270,8 +277,10 @@ class OutboundService:
         if stored is None:
             log.warning("send state of %s was changed by another call while sending", context)
 
-    async def _send_with_retries(self, request: SendRequest, deadline: float) -> SendReceipt:
-        resend_safe = self.channel.idempotent_resend_window is not None
+    async def _send_with_retries(
+        self, channel: SmsChannel, request: SendRequest, deadline: float
+    ) -> SendReceipt:
+        resend_safe = channel.idempotent_resend_window is not None
         maybe_sent = False
 
         def retryable(exc: BaseException) -> bool:
@@ -296,7 +305,7 @@ class OutboundService:
             async for attempt in retrying:
                 with attempt:
                     try:
-                        return await self.channel.send(request)
+                        return await channel.send(request)
                     except AmbiguousSendError:
                         maybe_sent = True
                         raise

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
 
-from channels.base import SmsChannel
-from channels.registry import PROVIDERS, build_channel
+from channels.registry import build_channel
 from core.ledger import SendLedger
 from core.outbound import OutboundService
 from core.relay import RelayQueue, RelayService
+from core.routing import ChannelBuilder, ChannelRouter
 from core.settings import AppSettings, ConfigurationError, load
 from dataverse.auth import MsalTokenProvider
 from dataverse.client import DataverseClient, DataverseGateway
@@ -30,15 +30,14 @@ class Services:
         self,
         settings_factory: Callable[[], AppSettings] = lambda: load(AppSettings),
         *,
-        channel_factory: Callable[[AppSettings], SmsChannel] = build_channel,
+        channel_factory: ChannelBuilder = build_channel,
     ) -> None:
         self._settings_factory = settings_factory
         self._channel_factory = channel_factory
         self._settings: AppSettings | None = None
         self._ledger: SendLedger | None = None
-        self._channel: SmsChannel | None = None
+        self._router: ChannelRouter | None = None
         self._outbound: OutboundService | None = None
-        self._webhook_channels: dict[str, SmsChannel] = {}
         self._dataverse: DataverseGateway | None = None
         self._relay_queue: RelayQueue | None = None
         self._relay: RelayService | None = None
@@ -62,16 +61,20 @@ class Services:
                 ) from None
         return self._ledger
 
-    def channel(self) -> SmsChannel:
-        if self._channel is None:
-            self._channel = self._channel_factory(self.settings())
-        return self._channel
+    def router(self) -> ChannelRouter:
+        if self._router is None:
+            self._router = ChannelRouter(self.settings(), self._channel_factory)
+        return self._router
 
     def outbound(self) -> OutboundService:
         if self._outbound is None:
             settings = self.settings()
+            router = self.router()
+            problems = router.check()  # bad settings surface before anything is claimed
+            if problems:
+                raise ConfigurationError(problems)
             self._outbound = OutboundService(
-                channel=self.channel(),
+                channel_for=router.for_sender,
                 ledger=self.ledger(),
                 max_segments=settings.max_segments,
                 send_budget_seconds=settings.send_budget_seconds,
@@ -79,16 +82,6 @@ class Services:
                 default_region=settings.default_region,
             )
         return self._outbound
-
-    def webhook_channel(self, provider: str) -> SmsChannel | None:
-        """The adapter that verifies and parses ``provider``'s webhooks; None for unknown providers."""
-        if provider not in PROVIDERS:
-            return None
-        if provider == self.settings().sms_provider.strip().lower():
-            return self.channel()
-        if provider not in self._webhook_channels:
-            self._webhook_channels[provider] = PROVIDERS[provider](self.settings())
-        return self._webhook_channels[provider]
 
     def dataverse(self) -> DataverseGateway:
         if self._dataverse is None:
@@ -122,8 +115,8 @@ class Services:
         return self._relay
 
     async def aclose(self) -> None:
-        for channel in {id(c): c for c in [self._channel, *self._webhook_channels.values()] if c}.values():
-            await channel.aclose()
+        if self._router is not None:
+            await self._router.aclose()
         if self._dataverse is not None:
             await self._dataverse.aclose()
         if self._relay_queue is not None:

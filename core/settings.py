@@ -6,11 +6,12 @@ setting becomes a :class:`ConfigurationError` naming it; nothing is read at impo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AliasChoices, Field, HttpUrl, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["AppSettings", "ConfigurationError", "SettingProblem", "load"]
 
@@ -68,6 +69,27 @@ class AppSettings(BaseSettings):
     max_body_bytes: int = Field(default=65536, ge=1024, validation_alias="MAX_BODY_BYTES")
     #: ISO 3166 region for recipient numbers written without a leading + (unset: + is required).
     default_region: str | None = Field(default=None, validation_alias="DEFAULT_REGION")
+    #: "sender=provider[:account],…": which provider (and account) sends for each channel-instance
+    #: sender (the payload's From). Unset: every sender goes through SMS_PROVIDER.
+    sender_routes: Annotated[dict[str, tuple[str, str | None]], NoDecode] = Field(
+        default_factory=dict, validation_alias="SENDER_ROUTES"
+    )
+
+    @field_validator("sender_routes", mode="before")
+    @classmethod
+    def _routes(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        routes: dict[str, tuple[str, str | None]] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            sender, sep, target = item.partition("=")
+            provider, _, account = target.strip().partition(":")
+            if not sep or not sender.strip() or not provider:
+                raise ValueError("expected sender=provider[:account] pairs separated by commas")
+            routes[sender_key(sender)] = (provider.lower(), account.strip().lower() or None)
+        return routes
 
     @field_validator("default_region")
     @classmethod
@@ -100,15 +122,40 @@ class AppSettings(BaseSettings):
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
-def load(cls: type[SettingsT], **overrides: Any) -> SettingsT:
-    """Build settings from the environment (plus ``overrides``), naming each bad setting."""
+def sender_key(sender: str) -> str:
+    """A sender as routes are keyed: phone numbers in E.164, sender names as written."""
+    from core.phones import InvalidPhoneNumber, to_e164
+
+    text = sender.strip()
+    try:
+        return to_e164(text) if text.startswith("+") else text
+    except InvalidPhoneNumber:
+        return text
+
+
+def load(cls: type[SettingsT], *, account: str | None = None, **overrides: Any) -> SettingsT:
+    """Build settings from the environment (plus ``overrides``), naming each bad setting.
+
+    With ``account``, a provider's settings of that named account are read: ``TWILIO_EU_ACCOUNT_SID``
+    for account ``eu`` instead of ``TWILIO_ACCOUNT_SID``.
+    """
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    if account:
+        prefix = f"{prefix}{account.upper()}_"
+        overrides["_env_prefix"] = prefix
     try:
         return cls(**overrides)
     except ValidationError as exc:
-        raise ConfigurationError([_problem(cls, err) for err in exc.errors()]) from None
+        raise ConfigurationError([_problem(cls, err, prefix) for err in exc.errors()]) from None
 
 
-def _problem(cls: type[BaseSettings], error: Any) -> SettingProblem:
+def _problem(cls: type[BaseSettings], error: Any, prefix: str) -> SettingProblem:
+    # pydantic's message, never the input value (it may be a secret); settings named in a
+    # model-level message get the account's prefix
+    default_prefix = str(cls.model_config.get("env_prefix", ""))
+    message = str(error["msg"])
+    if default_prefix and prefix != default_prefix:
+        message = re.sub(rf"\b{default_prefix}", prefix, message)
     field_name = str(error["loc"][0]) if error["loc"] else ""
     field = cls.model_fields.get(field_name)
     alias = field.validation_alias if field is not None else None
@@ -116,8 +163,9 @@ def _problem(cls: type[BaseSettings], error: Any) -> SettingProblem:
         setting = alias
     elif isinstance(alias, AliasChoices):
         setting = str(alias.choices[0])
-    else:
-        prefix = cls.model_config.get("env_prefix", "")
+    elif field_name:
         setting = f"{prefix}{field_name}".upper()
-    # pydantic's message, never the input value (it may be a secret)
-    return SettingProblem(setting, str(error["msg"]))
+    else:  # a rule across settings: name the first setting its message names
+        named = re.search(rf"\b{prefix}[A-Z0-9_]+", message) if prefix else None
+        setting = named.group(0) if named else prefix.rstrip("_") or "settings"
+    return SettingProblem(setting, message.removeprefix("Value error, "))

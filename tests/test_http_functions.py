@@ -52,7 +52,7 @@ async def services(azurite: Azurite, channel: ScriptedChannel) -> AsyncIterator[
     settings = AppSettings(
         AzureWebJobsStorage=azurite.connection_string, MAX_SEGMENTS=2, SEND_BUDGET_SECONDS=0.5
     )  # type: ignore[call-arg]
-    built = Services(lambda: settings, channel_factory=lambda _: channel)
+    built = Services(lambda: settings, channel_factory=lambda *_: channel)
     yield built
     await built.aclose()
 
@@ -237,7 +237,7 @@ async def test_unreachable_storage_gets_503(
         AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
         "AccountKey=a2V5;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
     )  # type: ignore[call-arg]
-    services = Services(lambda: settings, channel_factory=lambda _: channel)
+    services = Services(lambda: settings, channel_factory=lambda *_: channel)
     send = function(outbound.blueprint(services), "outbound")
     response = await send(post(payload_json(channel_definition_id)))
     assert response.status_code == 503 and answer(response)["error"]["code"] == "StorageUnavailable"

@@ -1,0 +1,67 @@
+"""Which adapter, with which account's settings, serves a sender or a provider's webhooks.
+
+With SENDER_ROUTES unset every sender goes through SMS_PROVIDER. With it, each channel-instance
+sender (the outbound payload's From) names its provider and optional account
+(``+14155550100=twilio,+14155550101=twilio:eu,ContosoInfo=vonage``); account ``eu`` reads
+``TWILIO_EU_*`` instead of ``TWILIO_*``. A sender with no route is not sent (NotSent, InvalidSender).
+Webhooks of a provider are verified against each of its configured accounts in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from channels.base import SmsChannel
+from channels.registry import PROVIDERS, build_channel
+from core.settings import AppSettings, ConfigurationError, SettingProblem, sender_key
+
+ChannelBuilder = Callable[[AppSettings, str | None, str | None], SmsChannel]
+
+
+class ChannelRouter:
+    def __init__(self, settings: AppSettings, build: ChannelBuilder = build_channel) -> None:
+        self.settings = settings
+        self._build = build
+        self._channels: dict[tuple[str, str | None], SmsChannel] = {}
+
+    def _channel(self, provider: str, account: str | None) -> SmsChannel:
+        key = (provider, account)
+        if key not in self._channels:
+            self._channels[key] = self._build(self.settings, provider, account)
+        return self._channels[key]
+
+    @property
+    def default_provider(self) -> str:
+        return self.settings.sms_provider.strip().lower()
+
+    def for_sender(self, sender: str) -> SmsChannel | None:
+        """The adapter that sends for ``sender``; None when routes are set and none matches."""
+        routes = self.settings.sender_routes
+        if not routes:
+            return self._channel(self.default_provider, None)
+        route = routes.get(sender_key(sender))
+        return self._channel(*route) if route is not None else None
+
+    def for_webhooks(self, provider: str) -> list[SmsChannel]:
+        """Every configured account's adapter of ``provider`` (empty for unknown providers)."""
+        if provider not in PROVIDERS:
+            return []
+        accounts = {account for routed, account in self.settings.sender_routes.values() if routed == provider}
+        if not accounts:
+            accounts = {None}
+        return [self._channel(provider, account) for account in sorted(accounts, key=lambda a: a or "")]
+
+    def check(self) -> list[SettingProblem]:
+        """Build every routed adapter (or the single SMS_PROVIDER one); return what is misconfigured."""
+        targets = set(self.settings.sender_routes.values()) or {(self.default_provider, None)}
+        problems: list[SettingProblem] = []
+        for provider, account in sorted(targets, key=lambda t: (t[0], t[1] or "")):
+            try:
+                self._channel(provider, account)
+            except ConfigurationError as exc:
+                problems.extend(p for p in exc.problems if p not in problems)
+        return problems
+
+    async def aclose(self) -> None:
+        for channel in self._channels.values():
+            await channel.aclose()
