@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from channels.acs import AcsChannel
 from channels.base import SmsChannel
+from channels.infobip import InfobipChannel
 from channels.plivo import PlivoChannel
 from channels.simulator import SimulatorChannel
 from channels.telnyx import TelnyxChannel
@@ -23,6 +24,7 @@ PROVIDERS: dict[str, ChannelFactory] = {
     TelnyxChannel.name: TelnyxChannel.from_settings,
     PlivoChannel.name: PlivoChannel.from_settings,
     VonageChannel.name: VonageChannel.from_settings,
+    InfobipChannel.name: InfobipChannel.from_settings,
 }
 
 

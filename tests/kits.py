@@ -28,6 +28,7 @@ from vonage_http_client import Auth as VonageAuth
 
 from channels.acs import AcsChannel, AcsSettings
 from channels.base import SendRequest, SmsChannel
+from channels.infobip import InfobipChannel, InfobipSettings
 from channels.plivo import PlivoChannel, PlivoSettings
 from channels.simulator import SimulatorChannel, SimulatorSettings, sign_webhook
 from channels.telnyx import TelnyxChannel, TelnyxSettings
@@ -35,7 +36,7 @@ from channels.twilio import TwilioChannel, TwilioSettings
 from channels.vonage import VonageChannel, VonageSettings
 from channels.webhooks import WebhookRequest
 from tests.fakes.http import FakeHttpServer
-from tests.fakes.providers import FakeAcs, FakePlivo, FakeTelnyx, FakeTwilio, FakeVonage
+from tests.fakes.providers import FakeAcs, FakeInfobip, FakePlivo, FakeTelnyx, FakeTwilio, FakeVonage
 from tests.fakes.tls import LocalCA
 
 PUBLIC = "https://sms.example.org"
@@ -500,4 +501,107 @@ class VonageKit(ProviderKit):
         )
 
 
-KITS: list[type[ProviderKit]] = [SimulatorKit, TwilioKit, AcsKit, TelnyxKit, PlivoKit, VonageKit]
+class InfobipKit(ProviderKit):
+    """Infobip signs nothing: its webhooks carry the Basic credentials of the subscription's
+    security settings, so there is no SDK oracle and no timestamp."""
+
+    name = "infobip"
+
+    def __init__(self, ca: LocalCA) -> None:
+        super().__init__(ca)
+        self.api_key = secrets.token_hex(16)
+        self.password = secrets.token_urlsafe(16)
+
+    @contextmanager
+    def channel(self) -> Iterator[SmsChannel]:
+        with FakeHttpServer(FakeInfobip(self.api_key)) as api:
+            yield InfobipChannel(
+                InfobipSettings(
+                    api_key=SecretStr(self.api_key),
+                    base_url=api.url,  # type: ignore[arg-type]
+                    webhook_username="infobip",
+                    webhook_password=SecretStr(self.password),
+                )
+            )
+
+    def _post(self, kind: str, results: list[dict[str, Any]], password: str | None = None) -> WebhookRequest:
+        credentials = base64.b64encode(f"infobip:{password or self.password}".encode()).decode()
+        return _request(
+            f"{PUBLIC}/api/providers/infobip/{kind}",
+            json.dumps({"results": results}).encode(),
+            {"Authorization": f"Basic {credentials}", "Content-Type": "application/json"},
+        )
+
+    def delivery_report(self, message_id: str, status: str) -> WebhookRequest:
+        group = {
+            "delivered": ("DELIVERED", 3, "DELIVERED_TO_HANDSET"),
+            "failed": ("UNDELIVERABLE", 2, "UNDELIVERABLE_NOT_DELIVERED"),
+            "intermediate": ("PENDING", 1, "PENDING_ENROUTE"),
+        }[status]
+        error = (
+            {
+                "groupId": 1,
+                "groupName": "HANDSET_ERRORS",
+                "id": 27,
+                "name": "EC_ABSENT_SUBSCRIBER",
+                "description": "Absent subscriber",
+                "permanent": False,
+            }
+            if status == "failed"
+            else {
+                "groupId": 0,
+                "groupName": "OK",
+                "id": 0,
+                "name": "NO_ERROR",
+                "description": "No Error",
+                "permanent": False,
+            }
+        )
+        return self._post(
+            "delivery-reports",
+            [
+                {
+                    "bulkId": "b1",
+                    "messageId": message_id,
+                    "to": CUSTOMER.lstrip("+"),
+                    "sentAt": "2026-11-27T10:00:00.000+0000",
+                    "doneAt": "2026-11-27T10:00:05.000+0000",
+                    "smsCount": 1,
+                    "callbackData": f"{uuid.uuid4()}/req-1",
+                    "status": {
+                        "groupId": group[1],
+                        "groupName": group[0],
+                        "id": 5,
+                        "name": group[2],
+                        "description": "x",
+                    },
+                    "error": error,
+                }
+            ],
+        )
+
+    def inbound(self, text: str) -> WebhookRequest:
+        return self._post(
+            "inbound",
+            [
+                {
+                    "messageId": "IN1",
+                    "from": CUSTOMER.lstrip("+"),
+                    "to": OUR_NUMBER,
+                    "text": text,
+                    "cleanText": text,
+                    "receivedAt": "2026-11-27T10:00:00.000+0000",
+                    "smsCount": 1,
+                }
+            ],
+        )
+
+    def forged(self, request: WebhookRequest) -> WebhookRequest:
+        credentials = base64.b64encode(b"infobip:guessed").decode()
+        return replace(request, headers={**request.headers, "authorization": f"Basic {credentials}"})
+
+    def unsigned(self, request: WebhookRequest) -> WebhookRequest:
+        return replace(request, headers={k: v for k, v in request.headers.items() if k != "authorization"})
+
+
+KITS: list[type[ProviderKit]] = [SimulatorKit, TwilioKit, AcsKit, TelnyxKit, PlivoKit, VonageKit, InfobipKit]

@@ -250,3 +250,47 @@ class FakeVonage:
                 ],
             },
         )
+
+
+@dataclass
+class FakeInfobip:
+    api_key: str
+
+    def __call__(self, request: Recorded) -> Reply:
+        if request.headers.get("authorization") != f"App {self.api_key}":
+            return Reply(401, {"requestError": {"serviceException": {"messageId": "UNAUTHORIZED"}}})
+        if request.path != "/sms/2/text/advanced":
+            return Reply(404, {"requestError": {"serviceException": {"messageId": "NOT_FOUND"}}})
+        message = request.json()["messages"][0]
+        to = message["destinations"][0]["to"]
+        if to.endswith("0429"):
+            return Reply(
+                429,
+                {"requestError": {"serviceException": {"messageId": "TOO_MANY_REQUESTS"}}},
+                {"Retry-After": "1"},
+            )
+        if to.endswith("0500"):
+            return Reply(500, {"requestError": {"serviceException": {"messageId": "GENERAL_ERROR"}}})
+        if to.endswith("0211"):
+            status = {
+                "groupId": 5,
+                "groupName": "REJECTED",
+                "id": 51,
+                "name": "REJECTED_DESTINATION",
+                "description": "Destination rejected",
+            }
+        else:
+            status = {
+                "groupId": 1,
+                "groupName": "PENDING",
+                "id": 26,
+                "name": "PENDING_ACCEPTED",
+                "description": "Message sent to next instance",
+            }
+        return Reply(
+            200,
+            {
+                "bulkId": str(uuid.uuid4()),
+                "messages": [{"to": to, "status": status, "messageId": str(uuid.uuid4())}],
+            },
+        )
