@@ -21,13 +21,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
 import trustme
 from pydantic import SecretStr
 
 from bench.common import emit, machine
 from channels.acs import AcsChannel, AcsSettings
 from channels.base import SendRequest
+from channels.infobip import InfobipChannel, InfobipSettings
+from channels.plivo import PlivoChannel, PlivoSettings
+from channels.telnyx import TelnyxChannel, TelnyxSettings
 from channels.twilio import TwilioChannel, TwilioSettings
+from channels.vonage import VonageChannel, VonageSettings
 
 SEQUENTIAL = 300
 CONCURRENT = 960
@@ -131,9 +136,40 @@ def compare(
             )
 
 
+def compare_with_bare_client(
+    provider: str,
+    ours: Callable[[SendRequest], Awaitable[object]],
+    bare: Callable[[], Awaitable[object]],
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Where the provider's SDK cannot be pointed at a local fake: our adapter against a bare
+    httpx POST of the same request (what any client must at least do)."""
+    ours_sequential(ours, loop, WARMUP)
+    ours_sequential(lambda _request: bare(), loop, WARMUP)
+    for mode, count, run in (
+        ("sequential", SEQUENTIAL, ours_sequential),
+        (f"{CONCURRENCY} concurrent", CONCURRENT, ours_concurrent),
+    ):
+        ours_wall, ours_cpu = timed(lambda count=count, run=run: run(ours, loop, count), count)
+        bare_wall, bare_cpu = timed(lambda count=count, run=run: run(lambda _r: bare(), loop, count), count)
+        for figure, ours_value, bare_value in (("wall", ours_wall, bare_wall), ("cpu", ours_cpu, bare_cpu)):
+            emit(
+                "per_send",
+                f"{provider} {mode} {figure} per send",
+                ours_value,
+                "ms",
+                bare_httpx=bare_value,
+                ratio_ours_to_bare=round(ours_value / bare_value, 3),
+                sends=count,
+            )
+
+
 def main() -> None:
     from azure.communication.sms import SmsClient
+    from telnyx import Telnyx
     from twilio.rest import Client
+    from vonage import Auth, HttpClientOptions, Vonage
+    from vonage_sms import SmsMessage
 
     emit("per_send", "machine", 0, "-", machine=machine())
     directory = Path(tempfile.mkdtemp())
@@ -145,20 +181,20 @@ def main() -> None:
     os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
 
     sid, token, key = "AC" + secrets.token_hex(16), secrets.token_hex(16), secrets.token_bytes(32)
-    env = {
-        "BENCH_TWILIO_SID": sid,
-        "BENCH_TWILIO_TOKEN": token,
-        "BENCH_ACS_KEY": base64.b64encode(key).decode(),
+    env = {"BENCH_SID": sid, "BENCH_TOKEN": token, "BENCH_ACS_KEY": base64.b64encode(key).decode()}
+    servers = {
+        kind: start_fake(kind, cert, env)
+        for kind in ("twilio", "acs", "telnyx", "vonage", "plivo", "infobip")
     }
-    twilio_server, twilio_url = start_fake("twilio", cert, env)
-    acs_server, acs_url = start_fake("acs", cert, env)
+    url = {kind: server[1] for kind, server in servers.items()}
     loop = asyncio.new_event_loop()
+    bare = httpx.AsyncClient(timeout=10)
     try:
         twilio = TwilioChannel(
-            TwilioSettings(account_sid=sid, auth_token=SecretStr(token), api_base_url=twilio_url)
+            TwilioSettings(account_sid=sid, auth_token=SecretStr(token), api_base_url=url["twilio"])
         )  # type: ignore[arg-type]
         twilio_sdk = Client(sid, token)
-        twilio_sdk.api.base_url = twilio_url
+        twilio_sdk.api.base_url = url["twilio"]
         compare(
             "twilio",
             twilio.send,
@@ -166,7 +202,7 @@ def main() -> None:
             loop,
         )
 
-        connection = f"endpoint={acs_url}/;accesskey={base64.b64encode(key).decode()}"
+        connection = f"endpoint={url['acs']}/;accesskey={base64.b64encode(key).decode()}"
         acs = AcsChannel(AcsSettings(connection_string=SecretStr(connection)))
         acs_sdk = SmsClient.from_connection_string(connection)
         compare(
@@ -175,11 +211,55 @@ def main() -> None:
             lambda: acs_sdk.send(from_=SENDER, to=RECIPIENT, message=TEXT, enable_delivery_report=True),
             loop,
         )
-        loop.run_until_complete(twilio.aclose())
-        loop.run_until_complete(acs.aclose())
+
+        telnyx = TelnyxChannel(TelnyxSettings(api_key=SecretStr(token), api_base_url=url["telnyx"]))  # type: ignore[arg-type]
+        telnyx_sdk = Telnyx(api_key=token, base_url=f"{url['telnyx']}/v2", max_retries=0)
+        compare(
+            "telnyx",
+            telnyx.send,
+            lambda: telnyx_sdk.messages.send(from_=SENDER, to=RECIPIENT, text=TEXT),
+            loop,
+        )
+
+        vonage = VonageChannel(
+            VonageSettings(api_key=sid, api_secret=SecretStr(token), api_base_url=url["vonage"])
+        )  # type: ignore[arg-type]
+        vonage_host = url["vonage"].removeprefix("https://")
+        vonage_sdk = Vonage(
+            Auth(api_key=sid, api_secret=token), HttpClientOptions(rest_host=vonage_host, max_retries=0)
+        )
+        message = SmsMessage(to=RECIPIENT.lstrip("+"), from_=SENDER.lstrip("+"), text=TEXT)
+        compare("vonage", vonage.send, lambda: vonage_sdk.sms.send(message), loop)
+
+        plivo = PlivoChannel(
+            PlivoSettings(auth_id=sid, auth_token=SecretStr(token), api_base_url=url["plivo"])
+        )  # type: ignore[arg-type]
+        plivo_url = f"{url['plivo']}/v1/Account/{sid}/Message/"
+        compare_with_bare_client(
+            "plivo",
+            plivo.send,
+            lambda: bare.post(
+                plivo_url, json={"src": SENDER, "dst": RECIPIENT, "text": TEXT}, auth=(sid, token)
+            ),
+            loop,
+        )
+
+        infobip = InfobipChannel(InfobipSettings(api_key=SecretStr(token), base_url=url["infobip"]))  # type: ignore[arg-type]
+        infobip_url = f"{url['infobip']}/sms/2/text/advanced"
+        infobip_body = {"messages": [{"from": SENDER, "destinations": [{"to": RECIPIENT}], "text": TEXT}]}
+        compare_with_bare_client(
+            "infobip",
+            infobip.send,
+            lambda: bare.post(infobip_url, json=infobip_body, headers={"Authorization": f"App {token}"}),
+            loop,
+        )
+
+        for channel in (twilio, acs, telnyx, vonage, plivo, infobip):
+            loop.run_until_complete(channel.aclose())
+        loop.run_until_complete(bare.aclose())
     finally:
         loop.close()
-        for process in (twilio_server, acs_server):
+        for process, _ in servers.values():
             assert process.stdin is not None
             process.stdin.close()
             process.wait(timeout=10)

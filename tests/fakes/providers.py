@@ -210,7 +210,15 @@ class FakeVonage:
     def __call__(self, request: Recorded) -> Reply:
         if request.path != "/sms/json":
             return Reply(404, {"error": "not found"})
-        form = request.form()
+        # the SMS API takes a form or JSON; credentials in the body or as Basic auth
+        form = (
+            request.json()
+            if request.headers.get("content-type", "").startswith("application/json")
+            else request.form()
+        )
+        basic = request.headers.get("authorization", "")
+        if basic.startswith("Basic "):
+            form["api_key"], _, form["api_secret"] = base64.b64decode(basic[6:]).decode().partition(":")
         if (form.get("api_key"), form.get("api_secret")) != (self.api_key, self.api_secret):
             return Reply(
                 200, {"message-count": "1", "messages": [{"status": "4", "error-text": "Bad Credentials"}]}
