@@ -27,8 +27,6 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 import httpx
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import HttpUrl, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -95,11 +93,7 @@ class TelnyxChannel:
     ) -> None:
         self.settings = settings
         self.delivery_report_url = delivery_report_url
-        self._key = (
-            Ed25519PublicKey.from_public_bytes(base64.b64decode(settings.public_key))
-            if settings.public_key
-            else None
-        )
+        self._public_key = base64.b64decode(settings.public_key) if settings.public_key else None
         self._http = httpx.AsyncClient(
             base_url=str(settings.api_base_url).rstrip("/") + "/v2",
             headers={
@@ -151,7 +145,7 @@ class TelnyxChannel:
         stamp = request.header("telnyx-timestamp")
         if not signature or not stamp:
             raise WebhookRejected(401, "no telnyx-signature-ed25519 / telnyx-timestamp")
-        if self._key is None:
+        if self._public_key is None:
             raise WebhookRejected(403, "TELNYX_PUBLIC_KEY is not set: webhooks cannot be verified")
         if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
             raise WebhookRejected(403, "telnyx-timestamp is not a Unix time")
@@ -162,8 +156,14 @@ class TelnyxChannel:
             raise WebhookRejected(403, "malformed signature") from None
         if age > SIGNATURE_TOLERANCE_SECONDS:
             raise WebhookRejected(403, "stale signature")
+        # imported here: cryptography is heavy, and only Telnyx webhooks need Ed25519
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
-            self._key.verify(raw_signature, stamp.encode("ascii") + b"|" + request.body)
+            Ed25519PublicKey.from_public_bytes(self._public_key).verify(
+                raw_signature, stamp.encode("ascii") + b"|" + request.body
+            )
         except InvalidSignature:
             raise WebhookRejected(403, "telnyx-signature-ed25519 does not match") from None
 
