@@ -53,6 +53,8 @@ class SendReceipt:
     #: Providers that send a long text as separately reported parts (Vonage) list every part's
     #: id here; ``message_id`` is then the first part's, the id answered to Journeys.
     part_message_ids: tuple[str, ...] = ()
+    #: Parts the provider refused while accepting others: the text arrives incomplete.
+    refused_parts: int = 0
 
 
 class SmsChannel(Protocol):

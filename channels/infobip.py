@@ -124,7 +124,9 @@ class InfobipChannel:
             raise AmbiguousSendError("infobip: accepted answer without a message result") from None
         status = result.get("status") or {}
         group, name = str(status.get("groupName", "")), str(status.get("name", ""))
-        if group != "REJECTED" and result.get("messageId"):
+        if group != "REJECTED":
+            if not result.get("messageId"):  # accepted, but we cannot tell which message it is
+                raise AmbiguousSendError(f"infobip: {name or group or 'accepted'} without a messageId")
             return SendReceipt(message_id=str(result["messageId"]), provider_status=name or group)
         if name in TRANSIENT_REJECTIONS:
             raise TransientSendError(f"infobip: {name}", provider_code=name)

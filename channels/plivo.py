@@ -1,5 +1,7 @@
 """Plivo Messaging API: send with HTTP Basic auth (Auth ID + Auth Token); webhooks signed with
-X-Plivo-Signature-V3 (HMAC-SHA256 of URL, sorted parameters and a nonce, keyed by the Auth Token).
+X-Plivo-Signature-V3 (HMAC-SHA256 of URL, sorted parameters and a nonce, keyed by the Auth Token),
+or, on messaging callbacks that carry only that, X-Plivo-Signature-V2 (URL and nonce; it does not
+cover the body). Subaccount "Ma" signatures (keyed by the main account) are not accepted.
 
 Status callbacks (``Status``; values from Plivo's message-states documentation, unverified against a
 live account):
@@ -89,6 +91,14 @@ def plivo_signature_v3(auth_token: str, url: str, params: list[tuple[str, str]],
     return hmac_sha256_base64(auth_token, f"{base}.{nonce}".encode())
 
 
+def plivo_signature_v2(auth_token: str, url: str, nonce: str) -> str:
+    """X-Plivo-Signature-V2 (messaging callbacks): HMAC-SHA256 of scheme, host and path followed by
+    the nonce. It covers neither the query nor the body, so V3 is checked whenever Plivo sends it."""
+    parts = urlsplit(url)
+    base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return hmac_sha256_base64(auth_token, f"{base}{nonce}".encode())
+
+
 class PlivoChannel:
     name: ClassVar[str] = "plivo"
     idempotent_resend_window: ClassVar[timedelta | None] = None
@@ -144,17 +154,19 @@ class PlivoChannel:
     # -- webhooks ----------------------------------------------------------------------------
 
     def verify_webhook(self, request: WebhookRequest) -> None:
-        signatures, nonce = (
-            request.header("X-Plivo-Signature-V3"),
-            request.header("X-Plivo-Signature-V3-Nonce"),
-        )
-        if not signatures or not nonce:
-            raise WebhookRejected(401, "no X-Plivo-Signature-V3 / X-Plivo-Signature-V3-Nonce")
-        expected = plivo_signature_v3(
-            self.settings.auth_token.get_secret_value(), request.public_url, request.form(), nonce
-        )
-        if not any(same(expected, candidate.strip()) for candidate in signatures.split(",")):
-            raise WebhookRejected(403, "X-Plivo-Signature-V3 does not match")
+        token = self.settings.auth_token.get_secret_value()
+        v3, v3_nonce = request.header("X-Plivo-Signature-V3"), request.header("X-Plivo-Signature-V3-Nonce")
+        if v3 and v3_nonce:  # the stronger scheme, when present, decides: no falling back
+            expected = plivo_signature_v3(token, request.public_url, request.form(), v3_nonce)
+            if not any(same(expected, candidate.strip()) for candidate in v3.split(",")):
+                raise WebhookRejected(403, "X-Plivo-Signature-V3 does not match")
+            return
+        v2, v2_nonce = request.header("X-Plivo-Signature-V2"), request.header("X-Plivo-Signature-V2-Nonce")
+        if v2 and v2_nonce:
+            if not same(plivo_signature_v2(token, request.public_url, v2_nonce), v2.strip()):
+                raise WebhookRejected(403, "X-Plivo-Signature-V2 does not match")
+            return
+        raise WebhookRejected(401, "no X-Plivo-Signature-V3 or -V2 with its nonce")
 
     def parse_delivery_reports(self, request: WebhookRequest) -> ParsedWebhook:
         form = request.form_dict()

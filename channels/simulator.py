@@ -57,6 +57,7 @@ log = logging.getLogger("sms.simulator")
 
 MESSAGE_ID_NAMESPACE = uuid.UUID("5b0c3f4e-54d6-4f0e-9a57-6a0f3f2d1c11")
 SIGNATURE_TOLERANCE_SECONDS = 300
+POST_ATTEMPTS = 4
 
 DELIVERY_OUTCOMES: dict[str, tuple[DeliveryOutcome, DeliveryFailure | None]] = {
     "delivered": (DeliveryOutcome.DELIVERED, None),
@@ -154,8 +155,10 @@ class SimulatorChannel:
         return SendReceipt(message_id=message_id, provider_status="accepted")
 
     async def aclose(self) -> None:
-        for task in list(self._pending):
+        pending = list(self._pending)
+        for task in pending:
             task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         if self._http is not None:
             await self._http.aclose()
 
@@ -191,26 +194,35 @@ class SimulatorChannel:
             )
 
     async def _post(self, kind: str, document: dict[str, str]) -> None:
+        """Post like a provider does: retried a few times when the app does not take it."""
         assert self.settings.webhook_secret is not None
         if self._http is None:
             self._http = httpx.AsyncClient(base_url=str(self.app_base_url), timeout=10.0)
         body = json.dumps(document).encode()
-        headers = {
-            "Content-Type": "application/json",
-            **sign_webhook(self.settings.webhook_secret.get_secret_value(), body),
-        }
-        try:
-            response = await self._http.post(
-                f"/api/providers/simulator/{kind}", content=body, headers=headers
-            )
-            log.info(
-                "simulator: posted %s for MessageId=%s (HTTP %d)",
-                kind,
-                document["MessageId"],
-                response.status_code,
-            )
-        except httpx.HTTPError as exc:
-            log.warning("simulator: could not post %s to the app (%s)", kind, type(exc).__name__)
+        outcome = "no answer"
+        for attempt in range(POST_ATTEMPTS):
+            headers = {
+                "Content-Type": "application/json",
+                **sign_webhook(self.settings.webhook_secret.get_secret_value(), body),
+            }
+            try:
+                response = await self._http.post(
+                    f"/api/providers/simulator/{kind}", content=body, headers=headers
+                )
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            else:
+                if response.is_success:
+                    log.info("simulator: posted %s for MessageId=%s", kind, document["MessageId"])
+                    return
+                outcome = f"HTTP {response.status_code}"
+            await asyncio.sleep(0.5 * 2**attempt)
+        log.warning(
+            "simulator: the app did not take the %s for MessageId=%s (%s)",
+            kind,
+            document["MessageId"],
+            outcome,
+        )
 
     # -- webhooks ----------------------------------------------------------------------------
 

@@ -122,7 +122,8 @@ class TelnyxChannel:
         except httpx.HTTPError as exc:
             raise translate_http_error(self.name, exc) from exc
         if response.is_success:
-            message_id = _json(response).get("data", {}).get("id")
+            data = _json(response).get("data")
+            message_id = data.get("id") if isinstance(data, dict) else None
             if not message_id:
                 raise AmbiguousSendError("telnyx: accepted answer without a message id")
             return SendReceipt(message_id=str(message_id), provider_status="queued")
@@ -172,13 +173,13 @@ class TelnyxChannel:
         message_id = payload.get("id")
         if not message_id:
             raise InvalidWebhook("event without payload.id")
-        recipients = payload.get("to") or [{}]
-        status = str(recipients[0].get("status", "")) if isinstance(recipients[0], dict) else ""
+        recipients = _recipients(payload)
+        status = str(recipients[0].get("status", "")) if recipients else ""
         outcome, reason = DeliveryOutcome.INTERMEDIATE, None
         if event_type == "message.finalized" and status in FINAL_STATUSES:
             outcome, reason = FINAL_STATUSES[status]
         error = _first_error(payload)
-        sender = payload.get("from", {})
+        sender = payload.get("from")
         return ParsedWebhook(
             delivery_events=[
                 DeliveryEvent(
@@ -200,9 +201,9 @@ class TelnyxChannel:
         event_type, payload = _event(request)
         if event_type != "message.received":
             return ParsedWebhook()
-        sender, recipients = payload.get("from", {}), payload.get("to") or []
+        sender, recipients = payload.get("from"), _recipients(payload)
         customer = sender.get("phone_number") if isinstance(sender, dict) else None
-        ours = recipients[0].get("phone_number") if recipients and isinstance(recipients[0], dict) else None
+        ours = recipients[0].get("phone_number") if recipients else None
         if not payload.get("id") or not customer or not ours:
             raise InvalidWebhook("message.received without id, from or to")
         return ParsedWebhook(
@@ -227,6 +228,15 @@ def _event(request: WebhookRequest) -> tuple[str, dict[str, Any]]:
     if not isinstance(data, dict) or not isinstance(data.get("payload"), dict):
         raise InvalidWebhook("expected {data: {event_type, payload}}")
     return str(data.get("event_type", "")), data["payload"]
+
+
+def _recipients(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    recipients = payload.get("to")
+    if recipients is None:
+        return []
+    if not isinstance(recipients, list) or not all(isinstance(r, dict) for r in recipients):
+        raise InvalidWebhook("payload.to must be a list of recipients")
+    return recipients
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

@@ -171,11 +171,13 @@ class VonageChannel:
         except (ValueError, KeyError, TypeError):
             raise AmbiguousSendError("vonage: accepted answer without messages") from None
         accepted = [str(p["message-id"]) for p in parts if p.get("status") == "0" and p.get("message-id")]
-        if accepted:  # the text is out, even if a later part was refused
+        if accepted:  # (some of) the text is out: never send again; refused parts make it NotDelivered
+            refused = len(parts) - len(accepted)
             return SendReceipt(
                 message_id=accepted[0],
                 provider_status="accepted",
-                part_message_ids=tuple(accepted) if len(accepted) > 1 else (),
+                part_message_ids=tuple(accepted) if len(parts) > 1 else (),
+                refused_parts=refused,
             )
         raise _refusal(str(parts[0].get("status", "")) if parts else "")
 

@@ -270,17 +270,20 @@ class SendLedger:
     # -- messages ----------------------------------------------------------------------------
 
     async def remember_message(
-        self, record: SendRecord, message_id: str, part_ids: tuple[str, ...] = ()
+        self, record: SendRecord, message_id: str, part_ids: tuple[str, ...] = (), refused_parts: int = 0
     ) -> None:
         """Record ``message_id`` (and, for providers that send long texts as separately reported
-        parts, every part's id) as belonging to ``record``'s request."""
+        parts, every part's id) as belonging to ``record``'s request. Parts the provider refused are
+        stored as already NotDelivered, so the message is reported NotDelivered."""
+        for index in range(refused_parts):
+            await self.save_part(record.provider, message_id, f"refused-{index}", "NotDelivered")
         for part_id in part_ids or (message_id,):
             entity = {
                 "PartitionKey": record.provider,
                 "RowKey": row_key(part_id),
                 "MessageId": message_id,
                 "PartId": part_id,
-                "Parts": max(len(part_ids), 1),
+                "Parts": max(len(part_ids) + refused_parts, 1),
                 "ChannelDefinitionId": str(record.channel_definition_id),
                 "RequestId": record.request_id,
                 "From": record.sender,
@@ -326,6 +329,12 @@ class SendLedger:
 
         result: dict[str, str] = await self._call(query)
         return result
+
+    async def delete_parts(self, provider: str, group: str) -> None:
+        partition = row_key(f"{provider}|{group}")
+        for part in await self.parts(provider, group):
+            with contextlib.suppress(ResourceNotFoundError):
+                await self._call(self._parts.delete_entity, partition, part)
 
     # -- relays ------------------------------------------------------------------------------
 

@@ -184,7 +184,11 @@ class OutboundService:
             if record.state is SendState.RETRYABLE:
                 # nothing went out: a fresh attempt, with fresh provider idempotency data
                 taken = await self._take_over(
-                    record, owner, idempotency_key=uuid.uuid4(), first_attempt_at=self.ledger.now
+                    record,
+                    owner,
+                    idempotency_key=uuid.uuid4(),
+                    first_attempt_at=self.ledger.now,
+                    provider=channel.name if channel is not None else record.provider,
                 )
             elif record.lease_until > now:
                 # another call is sending this very request: wait for its outcome
@@ -213,7 +217,9 @@ class OutboundService:
 
     @staticmethod
     def _can_resend_safely(record: SendRecord, now: datetime, channel: SmsChannel | None) -> bool:
-        window = channel.idempotent_resend_window if channel is not None else None
+        # only through the provider the first attempt used (routes may have changed since)
+        same_provider = channel is not None and channel.name == record.provider
+        window = channel.idempotent_resend_window if channel is not None and same_provider else None
         return window is not None and now - record.first_attempt_at < window
 
     async def _take_over(self, record: SendRecord, owner: str, **changes: Any) -> SendRecord | None:
@@ -256,7 +262,9 @@ class OutboundService:
             record, context, state=SendState.SENT, message_id=receipt.message_id, reason=None
         )
         try:
-            await self.ledger.remember_message(record, receipt.message_id, receipt.part_message_ids)
+            await self.ledger.remember_message(
+                record, receipt.message_id, receipt.part_message_ids, receipt.refused_parts
+            )
         except StorageUnavailable as exc:
             log.error(
                 "Sent %s but its message record was not stored (%s); its delivery reports "

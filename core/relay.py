@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import json
 import logging
 import uuid
 from datetime import datetime, timezone
@@ -33,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from channels.webhooks import DeliveryEvent, DeliveryOutcome, InboundSms
 from contracts import ChannelStatus, InboundPayload, NotificationDetails, NotificationPayload
-from core.ledger import RelayClaim, RelayClaimState, SendLedger, StorageUnavailable
+from core.ledger import MessageRecord, RelayClaim, RelayClaimState, SendLedger, StorageUnavailable
 from core.phones import InvalidPhoneNumber, mask, to_e164
 from dataverse.client import DataverseGateway, DataversePermanentError, DataverseTransientError
 
@@ -85,6 +87,8 @@ class RelayJob(BaseModel):
     concat_ref: str | None = None
     concat_total: int | None = None
     concat_part: int | None = None
+    #: Set on a reassembled message: the stored parts to delete once it is relayed.
+    concat_group: str | None = None
 
     @classmethod
     def delivery(cls, event: DeliveryEvent) -> RelayJob:
@@ -111,6 +115,9 @@ class RelayJob(BaseModel):
             customer=message.sender,
             our_number=message.recipient,
             text=message.text,
+            concat_ref=message.concat_ref,
+            concat_total=message.concat_total,
+            concat_part=message.concat_part,
         )
 
     @property
@@ -198,7 +205,13 @@ class RelayService:
             await self.queue.poison(job, f"unexpected {type(exc).__name__}")
 
     async def _process(self, job: RelayJob, context: str) -> None:
-        whole = await self._whole_message(job, context)
+        # looked up once: a record appearing between two look-ups must not split one decision
+        record = (
+            await self.ledger.find_message(job.provider, job.message_id)
+            if job.kind == "notification"
+            else None
+        )
+        whole = await self._whole_message(job, context, record)
         if whole is None:
             return
         job = whole
@@ -210,22 +223,24 @@ class RelayService:
             await self.queue.put(job, delay=BUSY_DELAY_SECONDS)
             return
         try:
-            relayed = await self._relay(job, context)
+            relayed = await self._relay(job, context, record)
         except BaseException:
             with contextlib.suppress(StorageUnavailable):
                 await self.ledger.release_relay(job.provider, job.event_key, claim)
             raise
         if relayed:
             await self._mark_relayed(job, context, claim)
+            if job.concat_group:
+                await self.ledger.delete_parts(job.provider, job.concat_group)
         else:
             await self.ledger.release_relay(job.provider, job.event_key, claim)
 
-    async def _relay(self, job: RelayJob, context: str) -> bool:
+    async def _relay(self, job: RelayJob, context: str, record: MessageRecord | None) -> bool:
         """Call Dataverse; True once it accepted it. Dataverse's and the job's own failures are
         handled here (poison or a later attempt)."""
         try:
             if job.kind == "notification":
-                notification = await self._notification(job, context)
+                notification = await self._notification(job, context, record)
                 if notification is None:
                     return False
                 await self.dataverse.notify(notification)
@@ -263,41 +278,50 @@ class RelayService:
                     return
                 await asyncio.sleep(0.5 * 2**attempt)
 
-    async def _whole_message(self, job: RelayJob, context: str) -> RelayJob | None:
+    async def _whole_message(
+        self, job: RelayJob, context: str, record: MessageRecord | None
+    ) -> RelayJob | None:
         """Parts become one message: a multipart delivery report relays once for the whole text
         (NotDelivered as soon as one part fails, Delivered once all are), a concatenated inbound
         message once all its parts are in. None while parts are outstanding."""
         if job.kind == "notification" and job.status is not None:
-            record = await self.ledger.find_message(job.provider, job.message_id)
-            if record is None or record.parts <= 1:
-                return job
+            if record is None or record.parts <= 1 or job.parts_total is not None:
+                return job  # single part, unknown, or already aggregated (a re-queued job)
             await self.ledger.save_part(job.provider, record.message_id, job.message_id, job.status.value)
             outcomes = await self.ledger.parts(job.provider, record.message_id)
             delivered = sum(1 for outcome in outcomes.values() if outcome == ChannelStatus.DELIVERED.value)
-            if job.status is ChannelStatus.DELIVERED and delivered < record.parts:
+            failed = any(outcome == ChannelStatus.NOT_DELIVERED.value for outcome in outcomes.values())
+            if not failed and delivered < record.parts:
                 log.info("%s: %d of %d parts delivered", context, delivered, record.parts)
                 return None
+            status = ChannelStatus.NOT_DELIVERED if failed else ChannelStatus.DELIVERED
             return job.model_copy(
                 update={
                     "message_id": record.message_id,
+                    "status": status,
                     "parts_total": record.parts,
                     "parts_delivered": delivered,
                 }
             )
         if job.kind == "inbound" and job.concat_total and job.concat_total > 1 and job.concat_ref:
-            group = f"concat|{job.customer}|{job.our_number}|{job.concat_ref}"
-            await self.ledger.save_part(job.provider, group, f"{job.concat_part or 0:04d}", job.text or "")
-            parts = await self.ledger.parts(job.provider, group)
-            if len(parts) < job.concat_total:
-                log.info("%s: %d of %d parts received", context, len(parts), job.concat_total)
+            group = f"concat|{job.customer}|{job.our_number}|{job.concat_ref}|{job.concat_total}"
+            part = json.dumps({"id": job.message_id, "text": job.text or ""})
+            await self.ledger.save_part(job.provider, group, f"{job.concat_part or 0:04d}", part)
+            stored = await self.ledger.parts(job.provider, group)
+            if len(stored) < job.concat_total:
+                log.info("%s: %d of %d parts received", context, len(stored), job.concat_total)
                 return None
+            parts = [json.loads(stored[key]) for key in sorted(stored)]
+            # the parts' own ids identify the message: concat references are reused by carriers
+            identity = hashlib.sha256("|".join(p["id"] for p in parts).encode()).hexdigest()[:32]
             return job.model_copy(
                 update={
-                    "message_id": f"{job.concat_ref}:{job.customer}",
-                    "text": "".join(parts[key] for key in sorted(parts)),
+                    "message_id": f"concat-{identity}",
+                    "text": "".join(p["text"] for p in parts),
                     "concat_ref": None,
                     "concat_total": None,
                     "concat_part": None,
+                    "concat_group": group,
                 }
             )
         return job
@@ -314,18 +338,19 @@ class RelayService:
             job.model_copy(update={"attempt": attempt, "last_error": error[:500]}), delay=delay
         )
 
-    async def _notification(self, job: RelayJob, context: str) -> NotificationPayload | None:
+    async def _notification(
+        self, job: RelayJob, context: str, record: MessageRecord | None
+    ) -> NotificationPayload | None:
         assert job.status is not None
-        record = await self.ledger.find_message(job.provider, job.message_id)
+        echoed = await self._echoed_send(job) if record is None else None
         if record is not None:
             channel_definition_id, request_id, sender = (
                 record.channel_definition_id,
                 record.request_id,
                 record.sender,
             )
-        elif (echoed := _correlation(job.correlation)) is not None and job.sender:
-            channel_definition_id, request_id = echoed
-            sender = job.sender
+        elif echoed is not None:
+            channel_definition_id, request_id, sender = echoed
         elif job.attempt + 1 < UNKNOWN_MESSAGE_ATTEMPTS:
             log.info(
                 "%s: message id not known yet; looking again in %.0fs", context, UNKNOWN_MESSAGE_DELAY_SECONDS
@@ -359,6 +384,16 @@ class RelayService:
             status_details=status_details,
             details=details,
         )
+
+    async def _echoed_send(self, job: RelayJob) -> tuple[uuid.UUID, str, str] | None:
+        """The request named by the reference the provider echoed, if this provider sent it."""
+        echoed = _correlation(job.correlation)
+        if echoed is None:
+            return None
+        send = await self.ledger.get(*echoed)
+        if send is None or send.provider != job.provider:
+            return None  # a reference to another provider's send is not taken from this one
+        return send.channel_definition_id, send.request_id, send.sender
 
     async def _inbound(self, job: RelayJob) -> InboundPayload:
         our_number, customer = _e164(job.our_number), _e164(job.customer)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from channels.base import SmsChannel
-from channels.registry import PROVIDERS, build_channel
+from channels.registry import build_channel
 from core.settings import AppSettings, ConfigurationError, SettingProblem, sender_key
 
 ChannelBuilder = Callable[[AppSettings, str | None, str | None], SmsChannel]
@@ -24,8 +24,9 @@ class ChannelRouter:
         self._build = build
         self._channels: dict[tuple[str, str | None], SmsChannel] = {}
 
-    def _channel(self, provider: str, account: str | None) -> SmsChannel:
-        key = (provider, account)
+    def _channel(self, provider: str | None, account: str | None) -> SmsChannel:
+        """``provider`` None: SMS_PROVIDER's (so a bad value is reported under that setting's name)."""
+        key = (provider or self.default_provider, account)
         if key not in self._channels:
             self._channels[key] = self._build(self.settings, provider, account)
         return self._channels[key]
@@ -38,24 +39,27 @@ class ChannelRouter:
         """The adapter that sends for ``sender``; None when routes are set and none matches."""
         routes = self.settings.sender_routes
         if not routes:
-            return self._channel(self.default_provider, None)
+            return self._channel(None, None)
         route = routes.get(sender_key(sender))
         return self._channel(*route) if route is not None else None
 
     def for_webhooks(self, provider: str) -> list[SmsChannel]:
-        """Every configured account's adapter of ``provider`` (empty for unknown providers)."""
-        if provider not in PROVIDERS:
-            return []
-        accounts = {account for routed, account in self.settings.sender_routes.values() if routed == provider}
-        if not accounts:
-            accounts = {None}
+        """Every account's adapter of ``provider``, if the app sends through it: the providers in
+        SENDER_ROUTES, or SMS_PROVIDER without routes. Empty for any other provider, so that
+        credentials left in the settings of a provider not in use open no webhook."""
+        routes = self.settings.sender_routes
+        if not routes:
+            return [self._channel(None, None)] if provider == self.default_provider else []
+        accounts = {account for routed, account in routes.values() if routed == provider}
         return [self._channel(provider, account) for account in sorted(accounts, key=lambda a: a or "")]
 
     def check(self) -> list[SettingProblem]:
         """Build every routed adapter (or the single SMS_PROVIDER one); return what is misconfigured."""
-        targets = set(self.settings.sender_routes.values()) or {(self.default_provider, None)}
+        targets: set[tuple[str | None, str | None]] = set(self.settings.sender_routes.values()) or {
+            (None, None)
+        }
         problems: list[SettingProblem] = []
-        for provider, account in sorted(targets, key=lambda t: (t[0], t[1] or "")):
+        for provider, account in sorted(targets, key=lambda t: (t[0] or "", t[1] or "")):
             try:
                 self._channel(provider, account)
             except ConfigurationError as exc:

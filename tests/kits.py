@@ -8,6 +8,8 @@ Adding a provider = one adapter module, one registry line, and one kit here: the
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -19,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
+import plivo.utils as plivo_utils
 import plivo.utils.signature_v3 as plivo_v3
 from nacl.signing import SigningKey
 from pydantic import SecretStr
@@ -604,4 +607,36 @@ class InfobipKit(ProviderKit):
         return replace(request, headers={k: v for k, v in request.headers.items() if k != "authorization"})
 
 
-KITS: list[type[ProviderKit]] = [SimulatorKit, TwilioKit, AcsKit, TelnyxKit, PlivoKit, VonageKit, InfobipKit]
+class PlivoV2Kit(PlivoKit):
+    """Plivo messaging callbacks signed with V2 only (scheme, host, path and nonce)."""
+
+    name = "plivo"
+
+    def _signed(self, kind: str, params: dict[str, str]) -> WebhookRequest:
+        url = f"{PUBLIC}/api/providers/plivo/{kind}"
+        nonce = secrets.token_hex(10)
+        signature = base64.b64encode(
+            hmac.new(self.token.encode(), (url + nonce).encode(), hashlib.sha256).digest()
+        ).decode()
+        assert plivo_utils.validate_signature(url, nonce, signature, self.token)  # Plivo's SDK agrees
+        return _request(
+            url,
+            urlencode(params).encode(),
+            {"X-Plivo-Signature-V2": signature, "X-Plivo-Signature-V2-Nonce": nonce},
+        )
+
+    def forged(self, request: WebhookRequest) -> WebhookRequest:
+        # V2 covers no body: a forgery is a signature made without the Auth Token
+        return replace(request, headers={**request.headers, "x-plivo-signature-v2": "bm90IGEgc2lnbmF0dXJl"})
+
+
+KITS: list[type[ProviderKit]] = [
+    SimulatorKit,
+    TwilioKit,
+    AcsKit,
+    TelnyxKit,
+    PlivoKit,
+    PlivoV2Kit,
+    VonageKit,
+    InfobipKit,
+]

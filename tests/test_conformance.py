@@ -11,13 +11,13 @@ from tests.fakes.tls import LocalCA
 from tests.kits import CUSTOMER, KITS, OUR_NUMBER, REJECTED, THROTTLED, ProviderKit, send_request
 
 
-@pytest.fixture(params=KITS, ids=lambda kit: kit.name)
+@pytest.fixture(params=KITS, ids=lambda kit: kit.__name__.removesuffix("Kit").lower())
 def kit(request: pytest.FixtureRequest, trust_test_ca: LocalCA) -> ProviderKit:
     return request.param(trust_test_ca)  # type: ignore[no-any-return]
 
 
 def test_every_registered_provider_has_a_kit() -> None:
-    assert sorted(PROVIDERS) == sorted(kit.name for kit in KITS)
+    assert sorted(PROVIDERS) == sorted({kit.name for kit in KITS})
 
 
 async def test_send_success(kit: ProviderKit) -> None:

@@ -182,3 +182,57 @@ async def test_concatenated_inbound_parts_become_one_message(
     [line] = dataverse.sink.read_text().splitlines()
     inbound = json.loads(json.loads(line)["body"]["inboundPayLoad"])
     assert inbound["Message"] == {"text": "".join(texts)} and inbound["From"] == CUSTOMER
+
+
+async def test_concatenated_reply_through_the_adapter_and_a_reused_reference(
+    relay: tuple[RelayService, DryRunDataverse],
+) -> None:
+    service, dataverse = relay
+    channel = VonageChannel(VonageSettings(api_key="k", api_secret=SecretStr("s")))
+
+    def part(message_id: str, index: int, text: str) -> RelayJob:
+        body = json.dumps(
+            {
+                "msisdn": CUSTOMER.lstrip("+"),
+                "to": OUR_NUMBER,
+                "messageId": message_id,
+                "text": text,
+                "concat": "true",
+                "concat-ref": "12",
+                "concat-total": "2",
+                "concat-part": str(index),
+            }
+        )
+        request = WebhookRequest(
+            method="POST",
+            public_url="https://x/api/providers/vonage/inbound",
+            headers={"content-type": "application/json"},
+            query={},
+            body=body.encode(),
+        )
+        [message] = channel.parse_inbound(request).inbound
+        return RelayJob.inbound(message)
+
+    for job in (part("A2", 2, "world"), part("A1", 1, "hello ")):
+        await service.process(job)
+    # the carrier reuses reference 12 for the next long reply
+    for job in (part("B1", 1, "second "), part("B2", 2, "reply")):
+        await service.process(job)
+    texts = [
+        json.loads(json.loads(line)["body"]["inboundPayLoad"])["Message"]["text"]
+        for line in dataverse.sink.read_text().splitlines()
+    ]
+    assert texts == ["hello world", "second reply"]
+    await channel.aclose()
+
+
+async def test_a_text_with_a_refused_part_is_not_delivered(
+    relay: tuple[RelayService, DryRunDataverse], ledger: SendLedger
+) -> None:
+    service, dataverse = relay
+    record, ids = await multipart_send(ledger, 1)
+    await ledger.remember_message(record, ids[0], (ids[0],), refused_parts=1)  # part 2 was refused at send
+    await service.process(report(ids[0], ChannelStatus.DELIVERED))
+    [notification] = relayed(dataverse)
+    assert notification["Status"] == "NotDelivered"
+    assert notification["StatusDetails"]["PartsTotal"] == "2"  # type: ignore[index]

@@ -328,7 +328,7 @@ class _LedgerFailingAfterSend(SendLedger):
         return await super().replace_if_unchanged(record, **changes)
 
     async def remember_message(
-        self, record: SendRecord, message_id: str, part_ids: tuple[str, ...] = ()
+        self, record: SendRecord, message_id: str, part_ids: tuple[str, ...] = (), refused_parts: int = 0
     ) -> None:
         raise StorageUnavailable("table storage: ServiceRequestError")
 

@@ -129,17 +129,55 @@ async def test_concurrent_duplicates_are_relayed_once(
     ).state is RelayClaimState.DONE
 
 
-async def test_echoed_reference_correlates_when_no_record_exists(
-    service: RelayService, dataverse_world: DataverseWorld
+async def ambiguous_send(ledger: SendLedger, provider: str) -> SendRecord:
+    """A send whose outcome was ambiguous: its row exists, its message id was never learnt."""
+    now = datetime.now(timezone.utc)
+    record = SendRecord(
+        channel_definition_id=uuid.uuid4(),
+        request_id=f"req-{uuid.uuid4().hex[:8]}",
+        state=SendState.AMBIGUOUS,
+        provider=provider,
+        sender=OUR_NUMBER,
+        fingerprint="f",
+        idempotency_key=uuid.uuid4(),
+        first_attempt_at=now,
+        lease_until=now,
+        expires_at=now + timedelta(days=1),
+        segments=1,
+        encoding="GSM-7",
+    )
+    created, _ = await ledger.claim(record)
+    assert created
+    return record
+
+
+async def test_echoed_reference_correlates_an_ambiguous_send(
+    service: RelayService, ledger: SendLedger, dataverse_world: DataverseWorld
 ) -> None:
-    definition = uuid.uuid4()
-    await service.process(delivered("SMunrecorded", correlation=f"{definition}/req-echo", sender=OUR_NUMBER))
+    send = await ambiguous_send(ledger, "twilio")
+    await service.process(
+        delivered("SMunrecorded", correlation=f"{send.channel_definition_id}/{send.request_id}")
+    )
     [payload] = dataverse_world.dataverse.notification_payloads()
     assert (payload["ChannelDefinitionId"], payload["RequestId"], payload["From"]) == (
-        str(definition),
-        "req-echo",
+        str(send.channel_definition_id),
+        send.request_id,
         OUR_NUMBER,
     )
+
+
+async def test_a_reference_to_another_providers_send_is_not_trusted(
+    service: RelayService, ledger: SendLedger, dataverse_world: DataverseWorld
+) -> None:
+    send = await ambiguous_send(ledger, "acs")
+    reference = f"{send.channel_definition_id}/{send.request_id}"
+    await service.process(delivered("SMforged", correlation=reference, attempt=UNKNOWN_MESSAGE_ATTEMPTS - 1))
+    await service.process(
+        delivered(
+            "SMforged", correlation=f"{uuid.uuid4()}/no-such-request", attempt=UNKNOWN_MESSAGE_ATTEMPTS - 1
+        )
+    )
+    assert dataverse_world.dataverse.notifications == []
 
 
 async def test_unknown_message_id_is_looked_up_again_then_dropped(

@@ -45,6 +45,8 @@ async def services(
     for name, value in {
         "AzureWebJobsStorage": azurite.connection_string,
         "SMS_PROVIDER": "twilio",
+        # webhooks are served for the providers the app sends through
+        "SENDER_ROUTES": "+14155550100=twilio,+14155550180=acs,+14155550181=simulator",
         "PUBLIC_BASE_URL": PUBLIC,
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": keys.twilio,
@@ -449,6 +451,7 @@ async def test_twilio_signature_on_a_non_default_port(
 ) -> None:
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
     monkeypatch.setenv("PUBLIC_BASE_URL", "https://sms.example.org:8443")
+    monkeypatch.setenv("SMS_PROVIDER", "twilio")
     monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", keys.twilio)
     fresh = Services()
@@ -494,9 +497,27 @@ async def test_unconfigured_provider_reveals_no_setting_names(
     azurite: Azurite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
-    fresh = Services()  # no Twilio settings at all
+    monkeypatch.setenv("SMS_PROVIDER", "twilio")
+    fresh = Services()  # Twilio chosen, but none of its settings
     response = await call(
         fresh, "twilio", "delivery-reports", b"MessageSid=SM1", headers={"X-Twilio-Signature": "x"}
     )
     await fresh.aclose()
     assert response.status_code == 503 and "TWILIO" not in response.get_body().decode()
+
+
+async def test_providers_not_in_use_serve_no_webhooks(
+    azurite: Azurite, keys: Secrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    monkeypatch.setenv("SMS_PROVIDER", "twilio")
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", ACCOUNT_SID)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", keys.twilio)
+    monkeypatch.setenv("SIMULATOR_WEBHOOK_SECRET", keys.simulator)  # left over, must open nothing
+    fresh = Services()
+    body = json.dumps({"MessageId": "SMx", "Status": "delivered"}).encode()
+    response = await call(
+        fresh, "simulator", "delivery-reports", body, headers=sign_webhook(keys.simulator, body)
+    )
+    await fresh.aclose()
+    assert response.status_code == 404
