@@ -34,7 +34,13 @@ import httpx
 from pydantic import Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from channels.base import SendReceipt, SendRequest, common_http_failure, translate_http_error
+from channels.base import (
+    SendReceipt,
+    SendRequest,
+    common_http_failure,
+    provider_client,
+    translate_http_error,
+)
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
 from channels.signatures import same
 from channels.webhooks import (
@@ -181,12 +187,7 @@ class AcsChannel:
             endpoint = str(settings.endpoint).rstrip("/")
             auth = ManagedIdentityAuth(settings.managed_identity_client_id)
         self.endpoint = endpoint
-        self._http = httpx.AsyncClient(
-            base_url=endpoint,
-            auth=auth,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
-            transport=transport,
-        )
+        self._http = provider_client(endpoint, timeout=timeout, auth=auth, transport=transport)
 
     @classmethod
     def from_settings(cls, app: AppSettings, account: str | None = None) -> AcsChannel:

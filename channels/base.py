@@ -25,6 +25,7 @@ __all__ = [
     "SmsChannel",
     "common_http_failure",
     "parse_retry_after",
+    "provider_client",
     "translate_http_error",
 ]
 
@@ -134,3 +135,25 @@ def common_http_failure(
             provider_code=provider_code,
         )
     return None
+
+
+def provider_client(
+    base_url: str,
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    auth: httpx.Auth | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """The one long-lived HTTP client an adapter keeps for its provider's API.
+
+    Connecting is capped at 3 s: a provider that cannot be reached should fail over to a retry
+    while the send budget still has room.
+    """
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        headers={"Accept": "application/json", **(headers or {})},
+        auth=auth,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+        transport=transport,
+    )

@@ -28,7 +28,13 @@ import httpx
 from pydantic import HttpUrl, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from channels.base import SendReceipt, SendRequest, common_http_failure, translate_http_error
+from channels.base import (
+    SendReceipt,
+    SendRequest,
+    common_http_failure,
+    provider_client,
+    translate_http_error,
+)
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
 from channels.signatures import same
 from channels.webhooks import (
@@ -80,13 +86,10 @@ class InfobipChannel:
     ) -> None:
         self.settings = settings
         self.delivery_report_url = delivery_report_url
-        self._http = httpx.AsyncClient(
-            base_url=str(settings.base_url).rstrip("/"),
-            headers={
-                "Authorization": f"App {settings.api_key.get_secret_value()}",
-                "Accept": "application/json",
-            },
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+        self._http = provider_client(
+            str(settings.base_url),
+            timeout=timeout,
+            headers={"Authorization": f"App {settings.api_key.get_secret_value()}"},
         )
 
     @classmethod

@@ -29,7 +29,13 @@ import httpx
 from pydantic import HttpUrl, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from channels.base import SendReceipt, SendRequest, common_http_failure, translate_http_error
+from channels.base import (
+    SendReceipt,
+    SendRequest,
+    common_http_failure,
+    provider_client,
+    translate_http_error,
+)
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError
 from channels.signatures import hmac_sha256_base64, same
 from channels.webhooks import (
@@ -108,11 +114,10 @@ class PlivoChannel:
     ) -> None:
         self.settings = settings
         self.delivery_report_url = delivery_report_url
-        self._http = httpx.AsyncClient(
-            base_url=str(settings.api_base_url).rstrip("/") + f"/v1/Account/{settings.auth_id}",
+        self._http = provider_client(
+            str(settings.api_base_url).rstrip("/") + f"/v1/Account/{settings.auth_id}",
+            timeout=timeout,
             auth=httpx.BasicAuth(settings.auth_id, settings.auth_token.get_secret_value()),
-            headers={"Accept": "application/json"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
         )
 
     @classmethod

@@ -30,7 +30,13 @@ import httpx
 from pydantic import HttpUrl, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from channels.base import SendReceipt, SendRequest, common_http_failure, translate_http_error
+from channels.base import (
+    SendReceipt,
+    SendRequest,
+    common_http_failure,
+    provider_client,
+    translate_http_error,
+)
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError
 from channels.webhooks import (
     DeliveryEvent,
@@ -94,13 +100,10 @@ class TelnyxChannel:
         self.settings = settings
         self.delivery_report_url = delivery_report_url
         self._public_key = base64.b64decode(settings.public_key) if settings.public_key else None
-        self._http = httpx.AsyncClient(
-            base_url=str(settings.api_base_url).rstrip("/") + "/v2",
-            headers={
-                "Authorization": f"Bearer {settings.api_key.get_secret_value()}",
-                "Accept": "application/json",
-            },
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+        self._http = provider_client(
+            str(settings.api_base_url).rstrip("/") + "/v2",
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {settings.api_key.get_secret_value()}"},
         )
 
     @classmethod

@@ -30,7 +30,13 @@ import httpx
 from pydantic import Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from channels.base import SendReceipt, SendRequest, common_http_failure, translate_http_error
+from channels.base import (
+    SendReceipt,
+    SendRequest,
+    common_http_failure,
+    provider_client,
+    translate_http_error,
+)
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError
 from channels.signatures import TWILIO_ALGORITHMS, same, twilio_signature, url_port_variants
 from channels.webhooks import (
@@ -132,12 +138,11 @@ class TwilioChannel:
     ) -> None:
         self.settings = settings
         self.status_callback_url = status_callback_url
-        self._http = httpx.AsyncClient(
-            base_url=str(settings.api_base_url).rstrip("/") + "/2010-04-01",
+        self._http = provider_client(
+            str(settings.api_base_url).rstrip("/") + "/2010-04-01",
+            timeout=timeout,
             auth=settings.basic_auth(),
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
             transport=transport,
-            headers={"Accept": "application/json"},
         )
 
     @classmethod

@@ -43,7 +43,13 @@ import httpx
 from pydantic import HttpUrl, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from channels.base import SendReceipt, SendRequest, common_http_failure, translate_http_error
+from channels.base import (
+    SendReceipt,
+    SendRequest,
+    common_http_failure,
+    provider_client,
+    translate_http_error,
+)
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
 from channels.signatures import same
 from channels.webhooks import (
@@ -128,11 +134,7 @@ class VonageChannel:
     ) -> None:
         self.settings = settings
         self.delivery_report_url = delivery_report_url
-        self._http = httpx.AsyncClient(
-            base_url=str(settings.api_base_url).rstrip("/"),
-            headers={"Accept": "application/json"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
-        )
+        self._http = provider_client(str(settings.api_base_url), timeout=timeout)
 
     @classmethod
     def from_settings(cls, app: AppSettings, account: str | None = None) -> VonageChannel:
