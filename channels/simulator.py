@@ -213,7 +213,7 @@ class SimulatorChannel:
                 outcome = type(exc).__name__
             else:
                 if response.is_success:
-                    log.info("simulator: posted %s for MessageId=%s", kind, document["MessageId"])
+                    log.info("posted %s for MessageId=%s", kind, document["MessageId"])
                     return
                 outcome = f"HTTP {response.status_code}"
             await asyncio.sleep(0.5 * 2**attempt)
