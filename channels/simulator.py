@@ -218,7 +218,7 @@ class SimulatorChannel:
                 outcome = f"HTTP {response.status_code}"
             await asyncio.sleep(0.5 * 2**attempt)
         log.warning(
-            "simulator: the app did not take the %s for MessageId=%s (%s)",
+            "the app did not take the %s for MessageId=%s (%s)",
             kind,
             document["MessageId"],
             outcome,
