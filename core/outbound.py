@@ -30,7 +30,7 @@ from channels.errors import (
 from contracts import ChannelStatus, OutboundPayload
 from core.ledger import SendLedger, SendRecord, SendState, StorageUnavailable
 from core.phones import InvalidPhoneNumber, mask, to_e164
-from core.segments import count_segments
+from core.segments import SegmentCount, count_segments
 
 __all__ = ["OutboundService", "SendOutcome", "TryAgainLater"]
 
@@ -92,11 +92,11 @@ class OutboundService:
     async def send(self, payload: OutboundPayload) -> SendOutcome | TryAgainLater:
         deadline = time.monotonic() + self.budget
         channel = self.channel_for(payload.from_)
-        recipient, rejection = self._validate(payload)
-        if channel is None and rejection is None:
-            rejection = _Rejection(NotSentReason.INVALID_SENDER, "SENDER_ROUTES has no route for this From")
         text = payload.message.get("text", "")
         count = count_segments(text)
+        recipient, rejection = self._validate(payload, count)
+        if channel is None and rejection is None:
+            rejection = _Rejection(NotSentReason.INVALID_SENDER, "SENDER_ROUTES has no route for this From")
         draft = SendRecord(
             channel_definition_id=payload.channel_definition_id,
             request_id=payload.request_id,
@@ -154,7 +154,9 @@ class OutboundService:
         assert channel is not None  # no route is a rejection, handled above
         return await self._send_owned(channel, record, request, deadline, context)
 
-    def _validate(self, payload: OutboundPayload) -> tuple[str | None, _Rejection | None]:
+    def _validate(
+        self, payload: OutboundPayload, count: SegmentCount
+    ) -> tuple[str | None, _Rejection | None]:
         try:
             recipient = to_e164(payload.to, default_region=self.default_region)
         except InvalidPhoneNumber as exc:
@@ -162,7 +164,6 @@ class OutboundService:
         text = payload.message.get("text")
         if text is None or not text.strip():
             return recipient, _Rejection(NotSentReason.EMPTY_MESSAGE, "the message has no text part")
-        count = count_segments(text)
         if count.segments > self.max_segments:
             return recipient, _Rejection(
                 NotSentReason.TOO_MANY_SEGMENTS,

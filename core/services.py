@@ -49,17 +49,19 @@ class Services:
 
     def ledger(self) -> SendLedger:
         if self._ledger is None:
-            settings = self.settings()
-            try:
-                self._ledger = SendLedger(
-                    settings.storage_connection_string(),
-                    retention=timedelta(days=settings.retention_days),
-                )
-            except ValueError:
-                raise ConfigurationError.single(
-                    "AzureWebJobsStorage", "not a storage connection string"
-                ) from None
+            retention = timedelta(days=self.settings().retention_days)
+            self._ledger = self._storage(lambda conn: SendLedger(conn, retention=retention))
         return self._ledger
+
+    def _storage(self, build: Callable[[str], T]) -> T:
+        """A storage client for AzureWebJobsStorage; the SDKs' ValueError for a malformed string
+        becomes a problem naming the setting."""
+        try:
+            return build(self.settings().storage_connection_string())
+        except ValueError:
+            raise ConfigurationError.single(
+                "AzureWebJobsStorage", "not a storage connection string"
+            ) from None
 
     def router(self) -> ChannelRouter:
         if self._router is None:
@@ -99,12 +101,7 @@ class Services:
 
     def relay_queue(self) -> RelayQueue:
         if self._relay_queue is None:
-            try:
-                self._relay_queue = RelayQueue(self.settings().storage_connection_string())
-            except ValueError:
-                raise ConfigurationError.single(
-                    "AzureWebJobsStorage", "not a storage connection string"
-                ) from None
+            self._relay_queue = self._storage(RelayQueue)
         return self._relay_queue
 
     def relay(self) -> RelayService:

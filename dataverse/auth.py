@@ -33,8 +33,6 @@ class MsalTokenProvider:
         self.resource = resource.rstrip("/")
         self._app: Any = None
         self._lock = threading.RLock()
-        #: Token requests MSAL sent to the identity provider (not served from its cache).
-        self.fetched = 0
         self._current: str | None = None
 
     def _build(self) -> Any:
@@ -99,8 +97,6 @@ class MsalTokenProvider:
         token = result.get("access_token")
         if not token:
             raise TokenUnavailable(f"token refused: {result.get('error', 'unknown error')}")
-        if result.get("token_source") == "identity_provider":
-            self.fetched += 1
         self._current = str(token)
         return self._current
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta, timezone
 from typing import ClassVar
 
 from channels.base import SendReceipt, SendRequest
 from channels.errors import SendError
+from core.ledger import SendRecord, SendState
+from tests.conftest import OUR_NUMBER
 
 
 class ScriptedChannel:
@@ -50,3 +53,22 @@ class RecordingSleep:
     async def __call__(self, seconds: float) -> None:
         self.calls.append(seconds)
         await asyncio.sleep(0)
+
+
+def send_record(provider: str, *, state: SendState = SendState.SENT, segments: int = 1) -> SendRecord:
+    """A send row as the outbound service leaves it, for tests that start after the send."""
+    now = datetime.now(timezone.utc)
+    return SendRecord(
+        channel_definition_id=uuid.uuid4(),
+        request_id=f"req-{uuid.uuid4().hex[:8]}",
+        state=state,
+        provider=provider,
+        sender=OUR_NUMBER,
+        fingerprint="f",
+        idempotency_key=uuid.uuid4(),
+        first_attempt_at=now,
+        lease_until=now,
+        expires_at=now + timedelta(days=1),
+        segments=segments,
+        encoding="GSM-7",
+    )

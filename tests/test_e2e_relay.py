@@ -18,6 +18,7 @@ from contracts import ChannelStatus
 from core.ledger import SendLedger
 from core.relay import RelayJob, RelayQueue
 from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues, payload_json
+from tests.doubles import send_record
 from tests.e2e import client, local_host, wait_for
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import FakeHttpServer
@@ -147,9 +148,8 @@ def test_job_of_a_worker_killed_after_dequeue_is_relayed_once(
 ) -> None:
     async def enqueue() -> str:
         ledger = SendLedger(azurite.connection_string, retention=timedelta(days=1))
-        from tests.test_relay import sent_message
-
-        _, message_id = await sent_message(ledger)
+        message_id = "SM" + uuid.uuid4().hex
+        await ledger.remember_message(send_record("twilio"), message_id)
         ledger.close()
         queue = RelayQueue(azurite.connection_string)
         await queue.put(

@@ -8,7 +8,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,11 @@ from pydantic import SecretStr
 from channels.vonage import VonageChannel, VonageSettings, vonage_signature
 from channels.webhooks import WebhookRejected, WebhookRequest
 from contracts import ChannelStatus
-from core.ledger import SendLedger, SendRecord, SendState
+from core.ledger import SendLedger, SendRecord
 from core.relay import RelayJob, RelayQueue, RelayService
 from dataverse.dry_run import DryRunDataverse
 from tests.conftest import CUSTOMER, OUR_NUMBER, RelayQueues
+from tests.doubles import send_record
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.providers import FakeVonage
@@ -89,21 +89,7 @@ async def relay(
 
 
 async def multipart_send(ledger: SendLedger, parts: int) -> tuple[SendRecord, list[str]]:
-    now = datetime.now(timezone.utc)
-    record = SendRecord(
-        channel_definition_id=uuid.uuid4(),
-        request_id=f"req-{uuid.uuid4().hex[:6]}",
-        state=SendState.SENT,
-        provider="vonage",
-        sender=OUR_NUMBER,
-        fingerprint="f",
-        idempotency_key=uuid.uuid4(),
-        first_attempt_at=now,
-        lease_until=now,
-        expires_at=now + timedelta(days=1),
-        segments=parts,
-        encoding="GSM-7",
-    )
+    record = send_record("vonage", segments=parts)
     ids = [f"PART{uuid.uuid4().hex[:8]}" for _ in range(parts)]
     await ledger.remember_message(record, ids[0], tuple(ids))
     return record, ids

@@ -7,7 +7,6 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import azure.functions as func
@@ -22,6 +21,7 @@ from core.services import Services
 from dataverse.client import DataverseClient
 from dataverse.dry_run import DryRunDataverse
 from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues
+from tests.doubles import send_record
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import Reply
 
@@ -46,21 +46,7 @@ def service(ledger: SendLedger, queue: RelayQueue, dataverse: DataverseClient) -
 
 
 async def sent_message(ledger: SendLedger, provider: str = "twilio") -> tuple[SendRecord, str]:
-    now = datetime.now(timezone.utc)
-    record = SendRecord(
-        channel_definition_id=uuid.uuid4(),
-        request_id=f"req-{uuid.uuid4().hex[:8]}",
-        state=SendState.SENT,
-        provider=provider,
-        sender=OUR_NUMBER,
-        fingerprint="f",
-        idempotency_key=uuid.uuid4(),
-        first_attempt_at=now,
-        lease_until=now,
-        expires_at=now + timedelta(days=1),
-        segments=1,
-        encoding="GSM-7",
-    )
+    record = send_record(provider)
     message_id = "SM" + uuid.uuid4().hex
     await ledger.remember_message(record, message_id)
     return record, message_id
@@ -131,21 +117,7 @@ async def test_concurrent_duplicates_are_relayed_once(
 
 async def ambiguous_send(ledger: SendLedger, provider: str) -> SendRecord:
     """A send whose outcome was ambiguous: its row exists, its message id was never learnt."""
-    now = datetime.now(timezone.utc)
-    record = SendRecord(
-        channel_definition_id=uuid.uuid4(),
-        request_id=f"req-{uuid.uuid4().hex[:8]}",
-        state=SendState.AMBIGUOUS,
-        provider=provider,
-        sender=OUR_NUMBER,
-        fingerprint="f",
-        idempotency_key=uuid.uuid4(),
-        first_attempt_at=now,
-        lease_until=now,
-        expires_at=now + timedelta(days=1),
-        segments=1,
-        encoding="GSM-7",
-    )
+    record = send_record(provider, state=SendState.AMBIGUOUS)
     created, _ = await ledger.claim(record)
     assert created
     return record
