@@ -443,3 +443,15 @@ async def test_every_part_of_a_multipart_send_is_recorded(
             3,
             "multipart",
         )
+
+
+async def test_an_interrupted_send_is_not_resumed_through_another_provider(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
+    """The route of the sender changed to a deduplicating provider after the first attempt died."""
+    await _crashed_mid_send(ledger, channel_definition_id, "rerouted", timedelta(seconds=20))
+    other = IdempotentScriptedChannel(SendReceipt("acs-other"))
+    other.name = "acs"  # type: ignore[misc]  # a different provider than the first attempt's
+    outcome = await make_service(ledger, other).send(payload(channel_definition_id, "rerouted"))
+    assert outcome == SendOutcome(ChannelStatus.SENT)
+    assert other.requests == []

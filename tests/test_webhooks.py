@@ -521,3 +521,38 @@ async def test_providers_not_in_use_serve_no_webhooks(
     )
     await fresh.aclose()
     assert response.status_code == 404
+
+
+def test_plivo_v3_that_fails_is_not_rescued_by_a_valid_v2() -> None:
+    from pydantic import SecretStr
+
+    from channels.plivo import PlivoChannel, PlivoSettings, plivo_signature_v2
+    from channels.webhooks import WebhookRejected, WebhookRequest
+
+    token = secrets.token_hex(20)
+    channel = PlivoChannel(PlivoSettings(auth_id="MA" + "7" * 18, auth_token=SecretStr(token)))
+    url = f"{PUBLIC}/api/providers/plivo/delivery-reports"
+    nonce = "12345"
+    request = WebhookRequest(
+        method="POST",
+        public_url=url,
+        query={},
+        body=b"MessageUUID=u1&Status=delivered",
+        headers={
+            "x-plivo-signature-v3": "forged",
+            "x-plivo-signature-v3-nonce": nonce,
+            "x-plivo-signature-v2": plivo_signature_v2(token, url, nonce),
+            "x-plivo-signature-v2-nonce": nonce,
+        },
+    )
+    with pytest.raises(WebhookRejected) as refused:
+        channel.verify_webhook(request)
+    assert refused.value.status_code == 403
+    without_v3 = WebhookRequest(
+        method="POST",
+        public_url=url,
+        query={},
+        body=request.body,
+        headers={k: v for k, v in request.headers.items() if "v3" not in k},
+    )
+    channel.verify_webhook(without_v3)  # the same V2 signature alone is accepted
