@@ -1,5 +1,11 @@
 """Relays per second from the queue to a fake Dataverse answering in 20 ms, token requests and TCP
-connections per 10,000 relays, and webhook acknowledgement latency.
+connections per 10,000 relays, storage round trips per relay, and webhook acknowledgement latency.
+
+``--smoke`` runs a few hundred relays (the test suite runs it so that the benchmark cannot rot).
+Every relayed report belongs to a send recorded beforehand, as in production: a report of a
+message this app never sent is dropped, not relayed. Storage round trips are counted from
+Azurite's request log while the relay runs: table requests are the ledger's, queue requests
+include the host's reads and deletes.
 
 The app runs in the local host (its own process) against Azurite, a fake Entra token endpoint and
 a fake Dataverse (HTTPS, test CA, in this process). The in-run bound: with DATAVERSE_MAX_CONCURRENCY
@@ -8,6 +14,7 @@ requests in flight and 20 ms each, no relay can beat concurrency / 0.02 s.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -16,6 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -23,17 +31,16 @@ import httpx
 from bench.common import emit, machine, percentile
 from channels.simulator import sign_webhook
 from contracts import ChannelStatus
-from core.ledger import StorageUnavailable
+from core.ledger import SendLedger, StorageUnavailable
 from core.relay import RelayJob, RelayQueue
 from tests.conftest import CLIENT_ID, TENANT_ID
+from tests.doubles import send_record
 from tests.e2e import local_host
-from tests.fakes.azurite import start_azurite
+from tests.fakes.azurite import count_requests, start_azurite
 from tests.fakes.dataverse import FakeDataverse, FakeEntra
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.tls import make_local_ca
 
-RELAYS = int(os.environ.get("BENCH_RELAYS", "10000"))
-WEBHOOKS = int(os.environ.get("BENCH_WEBHOOKS", "2000"))
 CONCURRENCY = 8
 BACKLOG = 300
 LATENCY = 0.020
@@ -48,8 +55,18 @@ def job(index: int) -> RelayJob:
         status=ChannelStatus.DELIVERED,
         provider_status="delivered",
         sender=SENDER,
-        correlation=f"{uuid.uuid4()}/bench-{index}",
     )
+
+
+async def record_sends(ledger: SendLedger, message_ids: list[str]) -> None:
+    """The sends these reports belong to, as the outbound service records them."""
+    gate = asyncio.Semaphore(16)
+
+    async def one(message_id: str) -> None:
+        async with gate:
+            await ledger.remember_message(send_record("simulator"), message_id)
+
+    await asyncio.gather(*(one(message_id) for message_id in message_ids))
 
 
 async def feed(queue: RelayQueue, count: int, relayed: Callable[[], int]) -> None:
@@ -92,7 +109,6 @@ async def post_webhooks(base: str, secret: str, count: int) -> list[float]:
                     "MessageId": f"SMhook{index:08d}",
                     "Status": "delivered",
                     "From": SENDER,
-                    "Correlation": f"{uuid.uuid4()}/hook-{index}",
                 }
             ).encode()
             async with gate:
@@ -118,9 +134,18 @@ def wait_until(condition: object, timeout: float) -> None:
 
 
 def main() -> None:
-    ca = make_local_ca(Path(tempfile.mkdtemp()))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="a few hundred relays, to check it runs")
+    args = parser.parse_args()
+    relays, webhooks = (200, 50) if args.smoke else (10_000, 2_000)
+    relays = int(os.environ.get("BENCH_RELAYS", relays))
+    webhooks = int(os.environ.get("BENCH_WEBHOOKS", webhooks))
+
+    scratch = Path(tempfile.mkdtemp())
+    ca = make_local_ca(scratch)
     os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(ca.bundle)
-    azurite = start_azurite()
+    request_log = scratch / "azurite-requests.log"
+    azurite = start_azurite(request_log=request_log)
     secret, webhook_secret = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     entra = FakeEntra(TENANT_ID, CLIENT_ID, client_secret=secret)
     dataverse = FakeDataverse(entra, latency=LATENCY)
@@ -130,6 +155,11 @@ def main() -> None:
             FakeHttpServer(dataverse, tls=ca.server_context()) as dataverse_server,
         ):
             queue = RelayQueue(azurite.connection_string)
+            ledger = SendLedger(azurite.connection_string, retention=timedelta(days=1))
+            message_ids = [job(i).message_id for i in range(relays)]
+            message_ids += [f"SMhook{i:08d}" for i in range(webhooks)]
+            asyncio.run(record_sends(ledger, message_ids))
+            ledger.close()
             env = {
                 "AzureWebJobsStorage": azurite.connection_string,
                 "SMS_PROVIDER": "simulator",
@@ -144,22 +174,27 @@ def main() -> None:
                 "LOG_LEVEL": "WARNING",
             }
             with local_host(env) as base:
+                before = count_requests(request_log)
                 started = time.perf_counter()
-                asyncio.run(feed(queue, RELAYS, lambda: len(dataverse.notifications)))
-                wait_until(lambda: len(dataverse.notifications) >= RELAYS, timeout=1800)
+                asyncio.run(feed(queue, relays, lambda: len(dataverse.notifications)))
+                wait_until(lambda: len(dataverse.notifications) >= relays, timeout=1800)
                 drained = time.perf_counter() - started
-                latencies = asyncio.run(post_webhooks(base, webhook_secret, WEBHOOKS))
-                wait_until(lambda: len(dataverse.notifications) >= RELAYS + WEBHOOKS, timeout=600)
+                during = count_requests(request_log)
+                latencies = asyncio.run(post_webhooks(base, webhook_secret, webhooks))
+                wait_until(lambda: len(dataverse.notifications) >= relays + webhooks, timeout=600)
             queue.close()
     finally:
         azurite.stop()
+    # the feeder's own enqueues are not the relay's round trips
+    table_trips = (during["Table"] - before["Table"]) / relays
+    queue_trips = (during["Queue"] - before["Queue"] - relays) / relays
     bound = CONCURRENCY / LATENCY
     emit(
         "relay",
         "relays per second (queue to Dataverse, 20 ms per call)",
-        RELAYS / drained,
+        relays / drained,
         "relays/s",
-        relays=RELAYS,
+        relays=relays,
         concurrency_cap=CONCURRENCY,
         backlog=BACKLOG,
         machine=machine(),
@@ -167,11 +202,11 @@ def main() -> None:
     emit(
         "relay",
         "relays per second / in-run bound (cap / latency)",
-        RELAYS / drained / bound,
+        relays / drained / bound,
         "ratio",
         bound=bound,
     )
-    total = RELAYS + WEBHOOKS
+    total = relays + webhooks
     emit("relay", f"token requests during {total} relays", len(entra.token_requests), "requests", goal=1)
     emit(
         "relay",
@@ -185,12 +220,20 @@ def main() -> None:
         "webhook acknowledgement p50",
         percentile(latencies, 50) * 1000,
         "ms",
-        webhooks=WEBHOOKS,
+        webhooks=webhooks,
         clients=16,
     )
     emit("relay", "webhook acknowledgement p99", percentile(latencies, 99) * 1000, "ms")
-    emit("relay", "notifications received", len(dataverse.notifications), "calls", expected=RELAYS + WEBHOOKS)
-    emit("relay", "duplicate relays", len(dataverse.notifications) - (RELAYS + WEBHOOKS), "calls", goal=0)
+    emit("relay", "table storage requests per relay", table_trips, "requests", relays=relays)
+    emit(
+        "relay",
+        "queue storage requests per relay (host reads, deletes, re-queues)",
+        queue_trips,
+        "requests",
+        relays=relays,
+    )
+    emit("relay", "notifications received", len(dataverse.notifications), "calls", expected=relays + webhooks)
+    emit("relay", "duplicate relays", len(dataverse.notifications) - (relays + webhooks), "calls", goal=0)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ LISTENING = re.compile(
     r"Azurite (Blob|Queue|Table) service is successfully listening at http://127\.0\.0\.1:(\d+)"
 )
 
+REQUEST_LINE = re.compile(r" (Blob|Queue|Table)StorageContextMiddleware: RequestMethod=")
+
 
 @dataclass
 class Azurite:
@@ -39,7 +41,8 @@ class Azurite:
             self.process.kill()
 
 
-def start_azurite(timeout: float = 60.0) -> Azurite:
+def start_azurite(timeout: float = 60.0, *, request_log: Path | None = None) -> Azurite:
+    """``request_log``: Azurite's debug log, one line per request among others (benchmarks count them)."""
     binary = ROOT / "node_modules" / ".bin" / "azurite"
     if not binary.exists():
         raise RuntimeError("Azurite is not installed: run scripts/setup (npm ci)")
@@ -55,6 +58,7 @@ def start_azurite(timeout: float = 60.0) -> Azurite:
             "0",
             "--tablePort",
             "0",
+            *(["--debug", str(request_log)] if request_log else []),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -79,3 +83,14 @@ def start_azurite(timeout: float = 60.0) -> Azurite:
         process.kill()
         raise RuntimeError(f"Azurite did not start (ports seen: {ports})")
     return Azurite(process, ports)
+
+
+def count_requests(request_log: Path) -> dict[str, int]:
+    """Requests Azurite has logged so far, by service ("Queue", "Table", "Blob")."""
+    counts = {"Blob": 0, "Queue": 0, "Table": 0}
+    with open(request_log, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            match = REQUEST_LINE.search(line)
+            if match:
+                counts[match.group(1)] += 1
+    return counts
