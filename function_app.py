@@ -7,7 +7,7 @@ import logging
 import azure.functions as func
 
 from blueprints import health, maintenance, outbound, relay, webhooks
-from core.services import Services
+from usecases.composition import Services
 
 # The storage SDK logs every request's headers at INFO; keep the app's own logs readable.
 logging.getLogger("azure").setLevel(logging.WARNING)

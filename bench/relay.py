@@ -31,8 +31,7 @@ import httpx
 from bench.common import emit, machine, percentile
 from channels.simulator import sign_webhook
 from contracts import ChannelStatus
-from core.ledger import SendLedger, StorageUnavailable
-from core.relay import RelayJob, RelayQueue
+from storage.ledger import SendLedger, StorageUnavailable
 from tests.conftest import CLIENT_ID, TENANT_ID
 from tests.doubles import send_record
 from tests.e2e import local_host
@@ -40,6 +39,7 @@ from tests.fakes.azurite import count_requests, start_azurite
 from tests.fakes.dataverse import FakeDataverse, FakeEntra
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.tls import make_local_ca
+from usecases.relay import RelayJob, RelayQueue
 
 CONCURRENCY = 8
 BACKLOG = 300

@@ -7,9 +7,9 @@ import logging
 import azure.functions as func
 
 from blueprints.responses import json_response
-from core.ledger import StorageUnavailable
-from core.services import Services
 from core.settings import ConfigurationError, SettingProblem
+from storage.ledger import StorageUnavailable
+from usecases.composition import Services
 
 log = logging.getLogger("sms.health")
 

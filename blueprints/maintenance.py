@@ -6,7 +6,7 @@ import logging
 
 import azure.functions as func
 
-from core.services import Services
+from usecases.composition import Services
 
 log = logging.getLogger("sms.retention")
 

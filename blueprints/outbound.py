@@ -16,10 +16,10 @@ from pydantic import ValidationError
 
 from blueprints.responses import error_response, json_response, misconfigured
 from contracts import OutboundPayload, OutboundResponse
-from core.ledger import StorageUnavailable
-from core.outbound import SendOutcome
-from core.services import Services
 from core.settings import ConfigurationError
+from storage.ledger import StorageUnavailable
+from usecases.composition import Services
+from usecases.outbound import SendOutcome
 
 log = logging.getLogger("sms.outbound")
 

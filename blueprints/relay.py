@@ -7,8 +7,8 @@ import logging
 import azure.functions as func
 from pydantic import ValidationError
 
-from core.relay import RELAY_QUEUE, RelayJob
-from core.services import Services
+from usecases.composition import Services
+from usecases.relay import RELAY_QUEUE, RelayJob
 
 log = logging.getLogger("sms.relay")
 

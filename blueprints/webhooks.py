@@ -14,11 +14,11 @@ import azure.functions as func
 
 from blueprints.responses import error_response
 from channels.base import SmsChannel
-from channels.webhooks import InvalidWebhook, WebhookKind, WebhookRejected, WebhookRequest
-from core.ledger import StorageUnavailable
-from core.relay import RelayJob
-from core.services import Services
+from channels.events import InvalidWebhook, WebhookKind, WebhookRejected, WebhookRequest
 from core.settings import ConfigurationError
+from storage.ledger import StorageUnavailable
+from usecases.composition import Services
+from usecases.relay import RelayJob
 
 log = logging.getLogger("sms.webhooks")
 

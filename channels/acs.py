@@ -42,8 +42,7 @@ from channels.base import (
     translate_http_error,
 )
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
-from channels.signatures import same
-from channels.webhooks import (
+from channels.events import (
     DeliveryEvent,
     DeliveryFailure,
     DeliveryOutcome,
@@ -55,6 +54,7 @@ from channels.webhooks import (
     WebhookRejected,
     WebhookRequest,
 )
+from channels.signatures import same
 from core.settings import AppSettings, load
 
 API_VERSION = "2021-03-07"

@@ -17,7 +17,7 @@ from uuid import UUID
 import httpx
 
 from channels.errors import AmbiguousSendError, TransientSendError
-from channels.webhooks import ParsedWebhook, WebhookAck, WebhookKind, WebhookRequest
+from channels.events import ParsedWebhook, WebhookAck, WebhookKind, WebhookRequest
 
 __all__ = [
     "SendReceipt",

@@ -36,8 +36,7 @@ from channels.base import (
     translate_http_error,
 )
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
-from channels.signatures import same
-from channels.webhooks import (
+from channels.events import (
     DeliveryEvent,
     DeliveryFailure,
     DeliveryOutcome,
@@ -49,6 +48,7 @@ from channels.webhooks import (
     WebhookRejected,
     WebhookRequest,
 )
+from channels.signatures import same
 from core.settings import AppSettings, load
 
 DELIVERY_OUTCOMES: dict[str, tuple[DeliveryOutcome, DeliveryFailure | None]] = {

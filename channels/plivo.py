@@ -37,8 +37,7 @@ from channels.base import (
     translate_http_error,
 )
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError
-from channels.signatures import hmac_sha256_base64, same
-from channels.webhooks import (
+from channels.events import (
     DeliveryEvent,
     DeliveryFailure,
     DeliveryOutcome,
@@ -50,6 +49,7 @@ from channels.webhooks import (
     WebhookRejected,
     WebhookRequest,
 )
+from channels.signatures import hmac_sha256_base64, same
 from core.settings import AppSettings, load
 
 DELIVERY_OUTCOMES: dict[str, DeliveryOutcome] = {

@@ -38,8 +38,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from channels.base import SendReceipt, SendRequest
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
-from channels.signatures import hmac_sha256_hex, same
-from channels.webhooks import (
+from channels.events import (
     DeliveryEvent,
     DeliveryFailure,
     DeliveryOutcome,
@@ -51,6 +50,7 @@ from channels.webhooks import (
     WebhookRejected,
     WebhookRequest,
 )
+from channels.signatures import hmac_sha256_hex, same
 from core.settings import AppSettings, load
 
 log = logging.getLogger("sms.simulator")

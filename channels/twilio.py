@@ -38,8 +38,7 @@ from channels.base import (
     translate_http_error,
 )
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError
-from channels.signatures import TWILIO_ALGORITHMS, same, twilio_signature, url_port_variants
-from channels.webhooks import (
+from channels.events import (
     DeliveryEvent,
     DeliveryFailure,
     DeliveryOutcome,
@@ -51,6 +50,7 @@ from channels.webhooks import (
     WebhookRejected,
     WebhookRequest,
 )
+from channels.signatures import TWILIO_ALGORITHMS, same, twilio_signature, url_port_variants
 from core.settings import AppSettings, load
 
 #: Status callback MessageStatus -> outcome (anything else is intermediate: queued, accepted,

@@ -51,8 +51,7 @@ from channels.base import (
     translate_http_error,
 )
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
-from channels.signatures import same
-from channels.webhooks import (
+from channels.events import (
     DeliveryEvent,
     DeliveryFailure,
     DeliveryOutcome,
@@ -64,6 +63,7 @@ from channels.webhooks import (
     WebhookRejected,
     WebhookRequest,
 )
+from channels.signatures import same
 from core.segments import SmsEncoding, count_segments
 from core.settings import AppSettings, load
 

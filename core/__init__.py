@@ -1,1 +1,1 @@
-"""The channel's own logic, independent of Azure Functions: settings, SMS rules, send state."""
+"""The lowest layer: settings, phone numbers, SMS segments, Retry-After. Imports no other app package."""

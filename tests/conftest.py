@@ -18,16 +18,16 @@ from pydantic import SecretStr
 from channels.acs import AcsSettings
 from channels.simulator import SimulatorSettings
 from channels.twilio import TwilioSettings
-from core.ledger import SendLedger
-from core.relay import POISON_QUEUE, RELAY_QUEUE, RelayJob
 from core.settings import AppSettings
 from dataverse.auth import MsalTokenProvider
 from dataverse.client import DataverseClient
 from dataverse.settings import DataverseSettings, IdentitySettings
+from storage.ledger import SendLedger
 from tests.fakes.azurite import Azurite, start_azurite
 from tests.fakes.dataverse import FakeDataverse, FakeEntra
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.tls import LocalCA, make_local_ca
+from usecases.relay import POISON_QUEUE, RELAY_QUEUE, RelayJob
 
 #: Fictional numbers: NANPA reserves 555-0100 to 555-0199 for fiction; never real subscribers.
 CUSTOMER = "+14155550123"

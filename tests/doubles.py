@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from channels.base import SendReceipt, SendRequest
 from channels.errors import SendError
-from core.ledger import SendRecord, SendState
+from storage.ledger import SendRecord, SendState
 from tests.conftest import OUR_NUMBER
 
 

@@ -31,13 +31,13 @@ from vonage_http_client import Auth as VonageAuth
 
 from channels.acs import AcsChannel, AcsSettings
 from channels.base import SendRequest, SmsChannel
+from channels.events import WebhookRequest
 from channels.infobip import InfobipChannel, InfobipSettings
 from channels.plivo import PlivoChannel, PlivoSettings
 from channels.simulator import SimulatorChannel, SimulatorSettings, sign_webhook
 from channels.telnyx import TelnyxChannel, TelnyxSettings
 from channels.twilio import TwilioChannel, TwilioSettings
 from channels.vonage import VonageChannel, VonageSettings
-from channels.webhooks import WebhookRequest
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.providers import FakeAcs, FakeInfobip, FakePlivo, FakeTelnyx, FakeTwilio, FakeVonage
 from tests.fakes.tls import LocalCA

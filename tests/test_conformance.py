@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from channels.errors import PermanentSendError, TransientSendError
+from channels.events import DeliveryOutcome, WebhookRejected
 from channels.registry import PROVIDERS
-from channels.webhooks import DeliveryOutcome, WebhookRejected
 from tests.fakes.tls import LocalCA
 from tests.kits import CUSTOMER, KITS, OUR_NUMBER, REJECTED, THROTTLED, ProviderKit, send_request
 

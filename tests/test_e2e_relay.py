@@ -15,14 +15,14 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from contracts import ChannelStatus
-from core.ledger import SendLedger
-from core.relay import RelayJob, RelayQueue
+from storage.ledger import SendLedger
 from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues, payload_json
 from tests.doubles import send_record
 from tests.e2e import client, local_host, wait_for
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.providers import FakeTwilio
+from usecases.relay import RelayJob, RelayQueue
 
 ACCOUNT_SID = "AC" + "9" * 32
 PUBLIC = "https://sms.example.org"

@@ -13,11 +13,11 @@ import pytest
 from blueprints import health, outbound
 from channels.base import SendReceipt
 from channels.errors import AmbiguousSendError, TransientSendError
-from core.services import Services
 from core.settings import AppSettings, ConfigurationError, SettingProblem
 from tests.conftest import payload_json
 from tests.doubles import ScriptedChannel
 from tests.fakes.azurite import Azurite
+from usecases.composition import Services
 
 Handler = Callable[[func.HttpRequest], Any]
 

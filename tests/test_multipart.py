@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from channels.events import WebhookRejected, WebhookRequest
 from channels.vonage import VonageChannel, VonageSettings, vonage_signature
-from channels.webhooks import WebhookRejected, WebhookRequest
 from contracts import ChannelStatus
-from core.ledger import SendLedger, SendRecord
-from core.relay import RelayJob, RelayQueue, RelayService
 from dataverse.dry_run import DryRunDataverse
+from storage.ledger import SendLedger, SendRecord
 from tests.conftest import CUSTOMER, OUR_NUMBER, RelayQueues
 from tests.doubles import send_record
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.providers import FakeVonage
 from tests.kits import send_request
+from usecases.relay import RelayJob, RelayQueue, RelayService
 
 
 async def test_long_text_is_sent_as_parts_and_every_part_id_is_returned() -> None:

@@ -13,11 +13,11 @@ import pytest
 from channels.base import SendReceipt, SendRequest
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
 from contracts import ChannelStatus, OutboundPayload
-from core.ledger import SendLedger, SendRecord, SendState, StorageUnavailable
-from core.outbound import OutboundService, SendOutcome, TryAgainLater
+from storage.ledger import SendLedger, SendRecord, SendState, StorageUnavailable
 from tests.conftest import CUSTOMER, payload_json
 from tests.doubles import IdempotentScriptedChannel, RecordingSleep, ScriptedChannel
 from tests.fakes.azurite import Azurite
+from usecases.outbound import OutboundService, SendOutcome, TryAgainLater
 
 
 def make_service(

@@ -9,8 +9,8 @@ from twilio.rest.api.v2010.account.message import MessageInstance
 
 from channels import acs, simulator, twilio
 from channels.base import SmsChannel
+from channels.events import DeliveryOutcome
 from channels.registry import PROVIDERS
-from channels.webhooks import DeliveryOutcome
 
 SEAM = [
     name for name, member in inspect.getmembers(SmsChannel) if callable(member) and not name.startswith("_")

@@ -14,16 +14,16 @@ import pytest
 
 from blueprints import relay as relay_blueprint
 from contracts import ChannelStatus
-from core.ledger import RelayClaimState, SendLedger, SendRecord, SendState
-from core.relay import MAX_ATTEMPTS, UNKNOWN_MESSAGE_ATTEMPTS, RelayJob, RelayQueue, RelayService
-from core.replay_poison import replay
-from core.services import Services
 from dataverse.client import DataverseClient
 from dataverse.dry_run import DryRunDataverse
+from storage.ledger import RelayClaimState, SendLedger, SendRecord, SendState
+from storage.replay_poison import replay
 from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues
 from tests.doubles import send_record
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import Reply
+from usecases.composition import Services
+from usecases.relay import MAX_ATTEMPTS, UNKNOWN_MESSAGE_ATTEMPTS, RelayJob, RelayQueue, RelayService
 
 
 @pytest.fixture

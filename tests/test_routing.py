@@ -13,12 +13,12 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from blueprints import health, outbound, webhooks
-from core.services import Services
 from core.settings import AppSettings, ConfigurationError, load
 from tests.conftest import CUSTOMER, RelayQueues, payload_json
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.providers import FakeTwilio
+from usecases.composition import Services
 
 US_SENDER, EU_SENDER, UNROUTED = "+14155550100", "+14155550101", "+14155550102"
 MAIN_SID, EU_SID = "AC" + "1" * 32, "AC" + "2" * 32

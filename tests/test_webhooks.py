@@ -18,9 +18,9 @@ from twilio.request_validator import RequestValidator
 from blueprints import webhooks
 from channels.simulator import sign_webhook
 from contracts import ChannelStatus
-from core.services import Services
 from tests.conftest import CUSTOMER, OUR_NUMBER, RelayQueues
 from tests.fakes.azurite import Azurite
+from usecases.composition import Services
 
 PUBLIC = "https://sms.example.org"
 ACCOUNT_SID = "AC" + "5" * 32
@@ -526,8 +526,8 @@ async def test_providers_not_in_use_serve_no_webhooks(
 def test_plivo_v3_that_fails_is_not_rescued_by_a_valid_v2() -> None:
     from pydantic import SecretStr
 
+    from channels.events import WebhookRejected, WebhookRequest
     from channels.plivo import PlivoChannel, PlivoSettings, plivo_signature_v2
-    from channels.webhooks import WebhookRejected, WebhookRequest
 
     token = secrets.token_hex(20)
     channel = PlivoChannel(PlivoSettings(auth_id="MA" + "7" * 18, auth_token=SecretStr(token)))

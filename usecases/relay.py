@@ -14,7 +14,7 @@ correlates, builds the contract payload and calls Dataverse. Nothing acknowledge
   processed its call but before the event was marked relayed is the one window in which
   Dataverse can see a relay twice (the claim is taken over after RELAY_LEASE_SECONDS).
 
-``python -m core.replay_poison`` puts poisoned jobs back on the queue.
+``python -m storage.replay_poison`` puts poisoned jobs back on the queue.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.queue import LinearRetry, QueueClient
 from pydantic import BaseModel, ConfigDict, Field
 
-from channels.webhooks import DeliveryEvent, DeliveryOutcome, InboundSms
+from channels.events import DeliveryEvent, DeliveryOutcome, InboundSms
 from contracts import ChannelStatus, InboundPayload, NotificationDetails, NotificationPayload
-from core.ledger import MessageRecord, RelayClaim, RelayClaimState, SendLedger, StorageUnavailable
 from core.phones import InvalidPhoneNumber, mask, to_e164
 from dataverse.client import DataverseGateway, DataversePermanentError, DataverseTransientError
+from storage.ledger import MessageRecord, RelayClaim, RelayClaimState, SendLedger, StorageUnavailable
 
 __all__ = ["RELAY_QUEUE", "RelayJob", "RelayQueue", "RelayService"]
 

@@ -28,9 +28,9 @@ from channels.errors import (
     TransientSendError,
 )
 from contracts import ChannelStatus, OutboundPayload
-from core.ledger import SendLedger, SendRecord, SendState, StorageUnavailable
 from core.phones import InvalidPhoneNumber, mask, to_e164
 from core.segments import SegmentCount, count_segments
+from storage.ledger import SendLedger, SendRecord, SendState, StorageUnavailable
 
 __all__ = ["OutboundService", "SendOutcome", "TryAgainLater"]
 

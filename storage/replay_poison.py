@@ -1,4 +1,4 @@
-"""``python -m core.replay_poison [--dry-run]``: put poisoned relay jobs back on the relay queue.
+"""``python -m storage.replay_poison [--dry-run]``: put poisoned relay jobs back on the relay queue.
 
 Run it after fixing what made them fail (a setting, a Dataverse outage, a missing channel
 instance). Uses AzureWebJobsStorage from the environment (or local.settings.json's Values). Each
@@ -16,8 +16,8 @@ from pathlib import Path
 from azure.storage.queue import QueueClient
 from pydantic import ValidationError
 
-from core.relay import POISON_QUEUE, RELAY_QUEUE, RelayJob
 from core.settings import AppSettings, load
+from usecases.relay import POISON_QUEUE, RELAY_QUEUE, RelayJob
 
 
 def replay(connection_string: str, *, dry_run: bool = False, limit: int = 10_000) -> tuple[int, int]:
@@ -44,7 +44,7 @@ def replay(connection_string: str, *, dry_run: bool = False, limit: int = 10_000
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m core.replay_poison", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m storage.replay_poison", description=__doc__)
     parser.add_argument("--dry-run", action="store_true", help="list what would be replayed")
     args = parser.parse_args()
     settings_file = Path("local.settings.json")

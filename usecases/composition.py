@@ -12,15 +12,15 @@ from datetime import timedelta
 from typing import TypeVar
 
 from channels.registry import build_channel
-from core.ledger import SendLedger
-from core.outbound import OutboundService
-from core.relay import RelayQueue, RelayService
-from core.routing import ChannelBuilder, ChannelRouter
 from core.settings import AppSettings, ConfigurationError, load
 from dataverse.auth import MsalTokenProvider
 from dataverse.client import DataverseClient, DataverseGateway
 from dataverse.dry_run import DryRunDataverse
 from dataverse.settings import DataverseSettings, IdentitySettings
+from storage.ledger import SendLedger
+from usecases.outbound import OutboundService
+from usecases.relay import RelayQueue, RelayService
+from usecases.routing import ChannelBuilder, ChannelRouter
 
 T = TypeVar("T")
 
