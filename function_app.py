@@ -13,11 +13,14 @@ from usecases.composition import Services
 logging.getLogger("azure").setLevel(logging.WARNING)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
-services = Services()
 
-app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-app.register_functions(outbound.blueprint(services))
-app.register_functions(webhooks.blueprint(services))
-app.register_functions(relay.blueprint(services))
-app.register_functions(health.blueprint(services))
-app.register_functions(maintenance.blueprint(services))
+def create_app(services: Services) -> func.FunctionApp:
+    """Every function of the app, over ``services`` (tests pass their own)."""
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+    for module in (outbound, webhooks, relay, health, maintenance):
+        app.register_functions(module.blueprint(services))
+    return app
+
+
+services = Services()
+app = create_app(services)

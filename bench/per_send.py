@@ -26,13 +26,13 @@ import trustme
 from pydantic import SecretStr
 
 from bench.common import emit, machine
-from channels.acs import AcsChannel, AcsSettings
+from channels.acs import AcsAdapter, AcsSettings
 from channels.base import SendRequest
-from channels.infobip import InfobipChannel, InfobipSettings
-from channels.plivo import PlivoChannel, PlivoSettings
-from channels.telnyx import TelnyxChannel, TelnyxSettings
-from channels.twilio import TwilioChannel, TwilioSettings
-from channels.vonage import VonageChannel, VonageSettings
+from channels.infobip import InfobipAdapter, InfobipSettings
+from channels.plivo import PlivoAdapter, PlivoSettings
+from channels.telnyx import TelnyxAdapter, TelnyxSettings
+from channels.twilio import TwilioAdapter, TwilioSettings
+from channels.vonage import VonageAdapter, VonageSettings
 
 SEQUENTIAL = 300
 CONCURRENT = 960
@@ -190,7 +190,7 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     bare = httpx.AsyncClient(timeout=10)
     try:
-        twilio = TwilioChannel(
+        twilio = TwilioAdapter(
             TwilioSettings(account_sid=sid, auth_token=SecretStr(token), api_base_url=url["twilio"])
         )  # type: ignore[arg-type]
         twilio_sdk = Client(sid, token)
@@ -203,7 +203,7 @@ def main() -> None:
         )
 
         connection = f"endpoint={url['acs']}/;accesskey={base64.b64encode(key).decode()}"
-        acs = AcsChannel(AcsSettings(connection_string=SecretStr(connection)))
+        acs = AcsAdapter(AcsSettings(connection_string=SecretStr(connection)))
         acs_sdk = SmsClient.from_connection_string(connection)
         compare(
             "acs",
@@ -212,7 +212,7 @@ def main() -> None:
             loop,
         )
 
-        telnyx = TelnyxChannel(TelnyxSettings(api_key=SecretStr(token), api_base_url=url["telnyx"]))  # type: ignore[arg-type]
+        telnyx = TelnyxAdapter(TelnyxSettings(api_key=SecretStr(token), api_base_url=url["telnyx"]))  # type: ignore[arg-type]
         telnyx_sdk = Telnyx(api_key=token, base_url=f"{url['telnyx']}/v2", max_retries=0)
         compare(
             "telnyx",
@@ -221,7 +221,7 @@ def main() -> None:
             loop,
         )
 
-        vonage = VonageChannel(
+        vonage = VonageAdapter(
             VonageSettings(api_key=sid, api_secret=SecretStr(token), api_base_url=url["vonage"])
         )  # type: ignore[arg-type]
         vonage_host = url["vonage"].removeprefix("https://")
@@ -231,7 +231,7 @@ def main() -> None:
         message = SmsMessage(to=RECIPIENT.lstrip("+"), from_=SENDER.lstrip("+"), text=TEXT)
         compare("vonage", vonage.send, lambda: vonage_sdk.sms.send(message), loop)
 
-        plivo = PlivoChannel(
+        plivo = PlivoAdapter(
             PlivoSettings(auth_id=sid, auth_token=SecretStr(token), api_base_url=url["plivo"])
         )  # type: ignore[arg-type]
         plivo_url = f"{url['plivo']}/v1/Account/{sid}/Message/"
@@ -244,7 +244,7 @@ def main() -> None:
             loop,
         )
 
-        infobip = InfobipChannel(InfobipSettings(api_key=SecretStr(token), base_url=url["infobip"]))  # type: ignore[arg-type]
+        infobip = InfobipAdapter(InfobipSettings(api_key=SecretStr(token), base_url=url["infobip"]))  # type: ignore[arg-type]
         infobip_url = f"{url['infobip']}/sms/2/text/advanced"
         infobip_body = {"messages": [{"from": SENDER, "destinations": [{"to": RECIPIENT}], "text": TEXT}]}
         compare_with_bare_client(

@@ -31,7 +31,9 @@ import httpx
 from bench.common import emit, machine, percentile
 from channels.simulator import sign_webhook
 from contracts import ChannelStatus
-from storage.ledger import SendLedger, StorageUnavailable
+from storage.errors import StorageUnavailable
+from storage.ledger import SendLedger
+from storage.relay_queue import NotificationJob, RelayJob, RelayQueue
 from tests.conftest import CLIENT_ID, TENANT_ID
 from tests.doubles import send_record
 from tests.e2e import local_host
@@ -39,7 +41,6 @@ from tests.fakes.azurite import count_requests, start_azurite
 from tests.fakes.dataverse import FakeDataverse, FakeEntra
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.tls import make_local_ca
-from usecases.relay import RelayJob, RelayQueue
 
 CONCURRENCY = 8
 BACKLOG = 300
@@ -48,8 +49,7 @@ SENDER = "+14155550100"
 
 
 def job(index: int) -> RelayJob:
-    return RelayJob(
-        kind="notification",
+    return NotificationJob(
         provider="simulator",
         message_id=f"SMbench{index:08d}",
         status=ChannelStatus.DELIVERED,

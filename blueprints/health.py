@@ -8,7 +8,7 @@ import azure.functions as func
 
 from blueprints.responses import json_response
 from core.settings import ConfigurationError, SettingProblem
-from storage.ledger import StorageUnavailable
+from storage.errors import StorageUnavailable
 from usecases.composition import Services
 
 log = logging.getLogger("sms.health")

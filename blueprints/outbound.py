@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import azure.functions as func
 from pydantic import ValidationError
 
-from blueprints.responses import error_response, json_response, misconfigured
+from blueprints.responses import InvalidRequest, error_answer, error_response, json_response
 from contracts import OutboundPayload, OutboundResponse
 from core.settings import ConfigurationError
-from storage.ledger import StorageUnavailable
+from storage.errors import StorageUnavailable
 from usecases.composition import Services
 from usecases.outbound import SendOutcome
 
@@ -25,18 +24,6 @@ log = logging.getLogger("sms.outbound")
 
 #: Used when the settings cannot be read (the request is then refused as misconfigured anyway).
 FALLBACK_MAX_BODY_BYTES = 65536
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidRequest(Exception):
-    code: str
-    message: str
-    fields: tuple[dict[str, str], ...] = ()
-    status_code: int = 400
-
-    def response(self) -> func.HttpResponse:
-        extra: dict[str, Any] = {"fields": list(self.fields)} if self.fields else {}
-        return error_response(self.status_code, self.code, self.message, **extra)
 
 
 def parse_outbound(body: bytes, *, max_bytes: int) -> tuple[OutboundPayload, bool]:
@@ -120,20 +107,12 @@ def blueprint(services: Services) -> func.Blueprint:
             payload, enveloped = parse_outbound(req.get_body(), max_bytes=max_bytes)
         except InvalidRequest as invalid:
             log.info("outbound request refused: %s", invalid.message)
-            return invalid.response()
+            return error_answer(invalid)
         try:
             outcome = await services.outbound().send(payload)
-        except ConfigurationError as exc:
-            log.error("outbound RequestId=%s refused, configuration: %s", payload.request_id, exc)
-            return misconfigured(exc)
-        except StorageUnavailable as exc:
-            log.error("outbound RequestId=%s: %s; nothing sent", payload.request_id, exc)
-            return error_response(
-                503,
-                "StorageUnavailable",
-                "send state storage is unreachable; nothing was sent, retry the same RequestId",
-                retry_after=5,
-            )
+        except (ConfigurationError, StorageUnavailable) as exc:
+            log.error("outbound RequestId=%s not sent: %s", payload.request_id, exc)
+            return error_answer(exc)
         if not isinstance(outcome, SendOutcome):
             return error_response(
                 503,

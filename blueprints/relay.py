@@ -7,8 +7,8 @@ import logging
 import azure.functions as func
 from pydantic import ValidationError
 
+from storage.relay_queue import RELAY_QUEUE, decode_job
 from usecases.composition import Services
-from usecases.relay import RELAY_QUEUE, RelayJob
 
 log = logging.getLogger("sms.relay")
 
@@ -20,7 +20,7 @@ def blueprint(services: Services) -> func.Blueprint:
     @bp.queue_trigger(arg_name="msg", queue_name=RELAY_QUEUE, connection="AzureWebJobsStorage")
     async def relay(msg: func.QueueMessage) -> None:
         try:
-            job = RelayJob.decode(msg.get_body())
+            job = decode_job(msg.get_body())
         except (ValidationError, ValueError):
             log.error("relay message %s is not a relay job; moved to the poison queue", msg.id)
             await services.relay_queue().poison_raw(msg.get_body())

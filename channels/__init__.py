@@ -1,1 +1,1 @@
-"""SMS provider adapters behind one seam (:class:`channels.base.SmsChannel`)."""
+"""SMS provider adapters behind one seam (:class:`channels.base.ProviderAdapter`)."""

@@ -165,7 +165,7 @@ class ManagedIdentityAuth(httpx.Auth):
         yield request
 
 
-class AcsChannel:
+class AcsAdapter:
     name: ClassVar[str] = "acs"
     #: ACS tracks repeatable requests for 5 minutes; keep a margin for clock skew.
     idempotent_resend_window: ClassVar[timedelta | None] = timedelta(minutes=4)
@@ -190,7 +190,7 @@ class AcsChannel:
         self._http = provider_client(endpoint, timeout=timeout, auth=auth, transport=transport)
 
     @classmethod
-    def from_settings(cls, app: AppSettings, account: str | None = None) -> AcsChannel:
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> AcsAdapter:
         return cls(load(AcsSettings, account=account), timeout=app.provider_timeout_seconds)
 
     async def send(self, request: SendRequest) -> SendReceipt:

@@ -1,14 +1,13 @@
 """The provider adapter seam.
 
 An adapter is one module in ``channels/`` holding, top to bottom: the provider's status and error
-tables, its settings, and a class implementing :class:`SmsChannel`. It is registered with one line
+tables, its settings, and a class implementing :class:`ProviderAdapter`. It is registered with one line
 in ``channels/registry.py``. Webhook verification and parsing of delivery reports and inbound
 messages belong to the same class (they share the provider's credentials and vocabulary).
 """
 
 from __future__ import annotations
 
-import email.utils
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import ClassVar, Protocol
@@ -18,13 +17,13 @@ import httpx
 
 from channels.errors import AmbiguousSendError, TransientSendError
 from channels.events import ParsedWebhook, WebhookAck, WebhookKind, WebhookRequest
+from core.retry_after import parse_retry_after
 
 __all__ = [
+    "ProviderAdapter",
     "SendReceipt",
     "SendRequest",
-    "SmsChannel",
     "common_http_failure",
-    "parse_retry_after",
     "provider_client",
     "translate_http_error",
 ]
@@ -58,7 +57,7 @@ class SendReceipt:
     refused_parts: int = 0
 
 
-class SmsChannel(Protocol):
+class ProviderAdapter(Protocol):
     #: Registry name; also the ``{provider}`` segment of this channel's webhook routes.
     name: ClassVar[str]
     #: How long after the first attempt a re-send with the same idempotency key is deduplicated by
@@ -83,22 +82,6 @@ class SmsChannel(Protocol):
     def acknowledge(self, kind: WebhookKind) -> WebhookAck:
         """The answer the provider expects once its webhook's events are queued."""
         ...
-
-
-def parse_retry_after(value: str | None, *, default: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date)."""
-    if not value:
-        return default
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return default
-    return max((when - datetime.now(when.tzinfo)).total_seconds(), 0.0)
 
 
 def translate_http_error(provider: str, exc: httpx.HTTPError) -> Exception:

@@ -11,7 +11,7 @@ the outbound service decides retries and answers in one place.
 
 from __future__ import annotations
 
-from contracts.base import StrEnum
+from core.enums import StrEnum
 
 __all__ = [
     "AmbiguousSendError",

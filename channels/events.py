@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from contracts import ChannelStatus
-from contracts.base import StrEnum
+from core.enums import StrEnum
 
 __all__ = [
     "DeliveryEvent",

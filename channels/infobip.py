@@ -77,7 +77,7 @@ class InfobipSettings(BaseSettings):
     webhook_password: SecretStr | None = None
 
 
-class InfobipChannel:
+class InfobipAdapter:
     name: ClassVar[str] = "infobip"
     idempotent_resend_window: ClassVar[timedelta | None] = None
 
@@ -93,7 +93,7 @@ class InfobipChannel:
         )
 
     @classmethod
-    def from_settings(cls, app: AppSettings, account: str | None = None) -> InfobipChannel:
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> InfobipAdapter:
         return cls(
             load(InfobipSettings, account=account),
             delivery_report_url=app.callback_url(DELIVERY_REPORT_PATH),

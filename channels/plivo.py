@@ -105,7 +105,7 @@ def plivo_signature_v2(auth_token: str, url: str, nonce: str) -> str:
     return hmac_sha256_base64(auth_token, f"{base}{nonce}".encode())
 
 
-class PlivoChannel:
+class PlivoAdapter:
     name: ClassVar[str] = "plivo"
     idempotent_resend_window: ClassVar[timedelta | None] = None
 
@@ -121,7 +121,7 @@ class PlivoChannel:
         )
 
     @classmethod
-    def from_settings(cls, app: AppSettings, account: str | None = None) -> PlivoChannel:
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> PlivoAdapter:
         return cls(
             load(PlivoSettings, account=account),
             delivery_report_url=app.callback_url(DELIVERY_REPORT_PATH),

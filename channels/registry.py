@@ -4,33 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from channels.acs import AcsChannel
-from channels.base import SmsChannel
-from channels.infobip import InfobipChannel
-from channels.plivo import PlivoChannel
-from channels.simulator import SimulatorChannel
-from channels.telnyx import TelnyxChannel
-from channels.twilio import TwilioChannel
-from channels.vonage import VonageChannel
+from channels.acs import AcsAdapter
+from channels.base import ProviderAdapter
+from channels.infobip import InfobipAdapter
+from channels.plivo import PlivoAdapter
+from channels.simulator import SimulatorAdapter
+from channels.telnyx import TelnyxAdapter
+from channels.twilio import TwilioAdapter
+from channels.vonage import VonageAdapter
 from core.settings import AppSettings, ConfigurationError
 
 #: (app settings, account name or None) -> adapter
-ChannelFactory = Callable[[AppSettings, str | None], SmsChannel]
+AdapterFactory = Callable[[AppSettings, str | None], ProviderAdapter]
 
-PROVIDERS: dict[str, ChannelFactory] = {
-    SimulatorChannel.name: SimulatorChannel.from_settings,
-    TwilioChannel.name: TwilioChannel.from_settings,
-    AcsChannel.name: AcsChannel.from_settings,
-    TelnyxChannel.name: TelnyxChannel.from_settings,
-    PlivoChannel.name: PlivoChannel.from_settings,
-    VonageChannel.name: VonageChannel.from_settings,
-    InfobipChannel.name: InfobipChannel.from_settings,
+PROVIDERS: dict[str, AdapterFactory] = {
+    SimulatorAdapter.name: SimulatorAdapter.from_settings,
+    TwilioAdapter.name: TwilioAdapter.from_settings,
+    AcsAdapter.name: AcsAdapter.from_settings,
+    TelnyxAdapter.name: TelnyxAdapter.from_settings,
+    PlivoAdapter.name: PlivoAdapter.from_settings,
+    VonageAdapter.name: VonageAdapter.from_settings,
+    InfobipAdapter.name: InfobipAdapter.from_settings,
 }
 
 
-def build_channel(
+def build_adapter(
     settings: AppSettings, provider: str | None = None, account: str | None = None
-) -> SmsChannel:
+) -> ProviderAdapter:
     """The adapter of ``provider`` (default: SMS_PROVIDER), with ``account``'s settings if named."""
     name = (provider or settings.sms_provider).strip().lower()
     factory = PROVIDERS.get(name)

@@ -111,7 +111,7 @@ class SimulatorSettings(BaseSettings):
         return value
 
 
-class SimulatorChannel:
+class SimulatorAdapter:
     name: ClassVar[str] = "simulator"
     idempotent_resend_window: ClassVar[timedelta | None] = None
 
@@ -122,7 +122,7 @@ class SimulatorChannel:
         self._pending: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def from_settings(cls, app: AppSettings, account: str | None = None) -> SimulatorChannel:
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> SimulatorAdapter:
         return cls(
             load(SimulatorSettings, account=account),
             app_base_url=str(app.public_base_url) if app.public_base_url else None,

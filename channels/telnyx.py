@@ -90,7 +90,7 @@ class TelnyxSettings(BaseSettings):
         return value
 
 
-class TelnyxChannel:
+class TelnyxAdapter:
     name: ClassVar[str] = "telnyx"
     idempotent_resend_window: ClassVar[timedelta | None] = None
 
@@ -107,7 +107,7 @@ class TelnyxChannel:
         )
 
     @classmethod
-    def from_settings(cls, app: AppSettings, account: str | None = None) -> TelnyxChannel:
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> TelnyxAdapter:
         return cls(
             load(TelnyxSettings, account=account),
             delivery_report_url=app.callback_url(DELIVERY_REPORT_PATH),

@@ -124,7 +124,7 @@ class TwilioSettings(BaseSettings):
         return httpx.BasicAuth(self.account_sid, self.auth_token.get_secret_value())
 
 
-class TwilioChannel:
+class TwilioAdapter:
     name: ClassVar[str] = "twilio"
     idempotent_resend_window: ClassVar[timedelta | None] = None
 
@@ -146,7 +146,7 @@ class TwilioChannel:
         )
 
     @classmethod
-    def from_settings(cls, app: AppSettings, account: str | None = None) -> TwilioChannel:
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> TwilioAdapter:
         return cls(
             load(TwilioSettings, account=account),
             status_callback_url=app.callback_url(DELIVERY_REPORT_PATH),

@@ -125,7 +125,7 @@ def vonage_signature(params: dict[str, str], secret: str, method: SignatureMetho
     return hmac.new(secret.encode("utf-8"), material.encode("utf-8"), method).hexdigest()
 
 
-class VonageChannel:
+class VonageAdapter:
     name: ClassVar[str] = "vonage"
     idempotent_resend_window: ClassVar[timedelta | None] = None
 
@@ -137,7 +137,7 @@ class VonageChannel:
         self._http = provider_client(str(settings.api_base_url), timeout=timeout)
 
     @classmethod
-    def from_settings(cls, app: AppSettings, account: str | None = None) -> VonageChannel:
+    def from_settings(cls, app: AppSettings, account: str | None = None) -> VonageAdapter:
         return cls(
             load(VonageSettings, account=account),
             delivery_report_url=app.callback_url(DELIVERY_REPORT_PATH),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.base import StrEnum
+from core.enums import StrEnum
 
 __all__ = ["SegmentCount", "SmsEncoding", "count_segments"]
 

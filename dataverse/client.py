@@ -32,8 +32,9 @@ from tenacity import (
 )
 from tenacity.wait import wait_exponential_jitter
 
-from channels.base import parse_retry_after
 from contracts import InboundPayload, NotificationPayload
+from core.phones import mask
+from core.retry_after import parse_retry_after
 from dataverse.auth import BearerAuth, MsalTokenProvider, TokenUnavailable
 from dataverse.settings import DataverseSettings
 
@@ -269,6 +270,4 @@ def _error(response: httpx.Response) -> tuple[str | None, str]:
 
 
 def _mask(match: re.Match[str]) -> str:
-    from core.phones import mask
-
     return mask(match.group(0))

@@ -11,6 +11,8 @@ from uuid import UUID
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.phones import to_e164
+
 __all__ = ["DataverseSettings", "IdentitySettings"]
 
 
@@ -52,8 +54,6 @@ class DataverseSettings(BaseSettings):
     @classmethod
     def _pairs(cls, value: object) -> object:
         if isinstance(value, str):
-            from core.phones import to_e164
-
             pairs: dict[str, str] = {}
             for item in value.split(","):
                 if not item.strip():

@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -37,6 +39,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from contracts.base import StrEnum
+from storage.errors import StorageUnavailable
 
 __all__ = [
     "MessageRecord",
@@ -52,10 +55,10 @@ SENDS_TABLE = "outboundsends"
 MESSAGES_TABLE = "smsmessages"
 RELAYED_TABLE = "relayedevents"
 PARTS_TABLE = "messageparts"
+#: Attempts at recording a relay as done after Dataverse accepted it.
+MARK_ATTEMPTS = 4
 
-
-class StorageUnavailable(Exception):
-    """Table Storage could not be reached or answered an unexpected error."""
+log = logging.getLogger("sms.relay")
 
 
 class RelayClaimState(StrEnum):
@@ -66,10 +69,15 @@ class RelayClaimState(StrEnum):
     BUSY = "Busy"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RelayClaim:
     state: RelayClaimState
     etag: str | None = None
+    is_relayed: bool = False
+
+    def relayed(self) -> None:
+        """Dataverse accepted the event: it is marked relayed when the claim's block ends."""
+        self.is_relayed = True
 
 
 class SendState(StrEnum):
@@ -276,7 +284,7 @@ class SendLedger:
         parts, every part's id) as belonging to ``record``'s request. Parts the provider refused are
         stored as already NotDelivered, so the message is reported NotDelivered."""
         for index in range(refused_parts):
-            await self.save_part(record.provider, message_id, f"refused-{index}", "NotDelivered")
+            await self._save_part(record.provider, message_id, f"refused-{index}", "NotDelivered")
         for part_id in part_ids or (message_id,):
             entity = {
                 "PartitionKey": record.provider,
@@ -310,7 +318,12 @@ class SendLedger:
 
     # -- message parts: per-part delivery outcomes, concatenated inbound texts -------------------
 
-    async def save_part(self, provider: str, group: str, part: str, value: str) -> None:
+    async def add_part(self, provider: str, group: str, part: str, value: str) -> dict[str, str]:
+        """Store one part of ``group`` and return every part stored for it so far: part -> value."""
+        await self._save_part(provider, group, part, value)
+        return await self._stored_parts(provider, group)
+
+    async def _save_part(self, provider: str, group: str, part: str, value: str) -> None:
         entity = {
             "PartitionKey": row_key(f"{provider}|{group}"),
             "RowKey": row_key(part),
@@ -319,8 +332,7 @@ class SendLedger:
         }
         await self._call(self._parts.upsert_entity, entity, mode=UpdateMode.REPLACE)
 
-    async def parts(self, provider: str, group: str) -> dict[str, str]:
-        """Every part saved for ``group``: part -> value."""
+    async def _stored_parts(self, provider: str, group: str) -> dict[str, str]:
         partition = row_key(f"{provider}|{group}").replace("'", "''")
 
         def query() -> dict[str, str]:
@@ -332,15 +344,39 @@ class SendLedger:
 
     async def delete_parts(self, provider: str, group: str) -> None:
         partition = row_key(f"{provider}|{group}")
-        for part in await self.parts(provider, group):
+        for part in await self._stored_parts(provider, group):
             with contextlib.suppress(ResourceNotFoundError):
                 await self._call(self._parts.delete_entity, partition, part)
 
     # -- relays ------------------------------------------------------------------------------
 
-    async def claim_relay(self, provider: str, event_key: str, *, lease_seconds: float) -> RelayClaim:
-        """Take the right to relay one event: one caller at a time holds it (``state`` CLAIMED,
-        with the row's ETag, which :meth:`finish_relay` and :meth:`release_relay` require)."""
+    @contextlib.asynccontextmanager
+    async def relay_claim(
+        self, provider: str, event_key: str, *, lease_seconds: float
+    ) -> AsyncIterator[RelayClaim]:
+        """Hold the right to relay one event for the duration of the block.
+
+        One caller at a time gets ``state`` CLAIMED; a duplicate sees DONE (already relayed) or
+        BUSY (another worker holds an unexpired claim). A holder calls :meth:`RelayClaim.relayed`
+        once Dataverse has the event; on leaving the block the event is then marked relayed,
+        otherwise (failure, exception) the claim is given back so that a later attempt may relay.
+        """
+        claim = await self._claim_relay(provider, event_key, lease_seconds)
+        if claim.state is not RelayClaimState.CLAIMED:
+            yield claim
+            return
+        try:
+            yield claim
+        except BaseException:
+            with contextlib.suppress(StorageUnavailable):
+                await self._release_relay(provider, event_key, claim)
+            raise
+        if claim.is_relayed:
+            await self._mark_relayed(provider, event_key, claim, lease_seconds)
+        else:
+            await self._release_relay(provider, event_key, claim)
+
+    async def _claim_relay(self, provider: str, event_key: str, lease_seconds: float) -> RelayClaim:
         entity = {
             "PartitionKey": provider,
             "RowKey": row_key(event_key),
@@ -373,8 +409,8 @@ class SendLedger:
             return RelayClaim(RelayClaimState.BUSY)
         return RelayClaim(RelayClaimState.CLAIMED, metadata.get("etag"))
 
-    async def finish_relay(self, provider: str, event_key: str, claim: RelayClaim) -> bool:
-        """Mark the event relayed; False if the claim was lost to another worker meanwhile."""
+    async def _mark_relayed(self, provider: str, event_key: str, claim: RelayClaim, lease: float) -> None:
+        """Dataverse has the event: record that, but never raise now (a retry would relay it again)."""
         entity = {
             "PartitionKey": provider,
             "RowKey": row_key(event_key),
@@ -382,20 +418,35 @@ class SendLedger:
             "RelayedAt": self.now,
             "ExpiresAt": self.expiry(),
         }
-        try:
-            await self._call(
-                self._relayed.update_entity,
-                entity,
-                mode=UpdateMode.REPLACE,
-                etag=claim.etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return False
-        return True
+        for attempt in range(MARK_ATTEMPTS):
+            try:
+                await self._call(
+                    self._relayed.update_entity,
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=claim.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return
+            except (ResourceModifiedError, ResourceNotFoundError):
+                log.warning(
+                    "relayed %s after its claim was taken over; Dataverse may see it twice", event_key
+                )
+                return
+            except StorageUnavailable as exc:
+                if attempt + 1 == MARK_ATTEMPTS:
+                    log.error(
+                        "relayed %s but could not record it (%s); a duplicate arriving after %.0fs "
+                        "would be relayed again",
+                        event_key,
+                        exc,
+                        lease,
+                    )
+                    return
+                await asyncio.sleep(0.5 * 2**attempt)
 
-    async def release_relay(self, provider: str, event_key: str, claim: RelayClaim) -> None:
-        """Give the claim back (the relay failed) unless another worker holds the event by now."""
+    async def _release_relay(self, provider: str, event_key: str, claim: RelayClaim) -> None:
+        """Give the claim back unless another worker holds the event by now."""
         with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
             await self._call(
                 self._relayed.delete_entity,

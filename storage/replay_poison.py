@@ -17,7 +17,7 @@ from azure.storage.queue import QueueClient
 from pydantic import ValidationError
 
 from core.settings import AppSettings, load
-from usecases.relay import POISON_QUEUE, RELAY_QUEUE, RelayJob
+from storage.relay_queue import POISON_QUEUE, RELAY_QUEUE, decode_job
 
 
 def replay(connection_string: str, *, dry_run: bool = False, limit: int = 10_000) -> tuple[int, int]:
@@ -27,7 +27,7 @@ def replay(connection_string: str, *, dry_run: bool = False, limit: int = 10_000
     replayed = unreadable = 0
     for message in poison.receive_messages(messages_per_page=32, visibility_timeout=300, max_messages=limit):
         try:
-            job = RelayJob.decode(base64.b64decode(message.content))
+            job = decode_job(base64.b64decode(message.content))
         except (ValidationError, ValueError):
             unreadable += 1
             continue

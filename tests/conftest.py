@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import os
+import pkgutil
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -13,51 +15,76 @@ from typing import Any
 import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient
-from pydantic import SecretStr
+from pydantic import AliasChoices, SecretStr
+from pydantic_settings import BaseSettings
 
-from channels.acs import AcsSettings
-from channels.simulator import SimulatorSettings
-from channels.twilio import TwilioSettings
-from core.settings import AppSettings
 from dataverse.auth import MsalTokenProvider
 from dataverse.client import DataverseClient
 from dataverse.settings import DataverseSettings, IdentitySettings
 from storage.ledger import SendLedger
+from storage.relay_queue import POISON_QUEUE, RELAY_QUEUE, RelayJob, decode_job
 from tests.fakes.azurite import Azurite, start_azurite
 from tests.fakes.dataverse import FakeDataverse, FakeEntra
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.tls import LocalCA, make_local_ca
-from usecases.relay import POISON_QUEUE, RELAY_QUEUE, RelayJob
 
 #: Fictional numbers: NANPA reserves 555-0100 to 555-0199 for fiction; never real subscribers.
 CUSTOMER = "+14155550123"
 OUR_NUMBER = "+14155550100"
 
 
-def _setting_names() -> set[str]:
+APP_PACKAGES = ("core", "channels", "dataverse", "storage", "usecases")
+
+
+def settings_classes() -> list[type[BaseSettings]]:
+    """Every settings class the app defines, found by walking its packages."""
+    found: list[type[BaseSettings]] = []
+    for package in APP_PACKAGES:
+        for info in pkgutil.iter_modules(importlib.import_module(package).__path__, f"{package}."):
+            module = importlib.import_module(info.name)
+            found += [
+                value
+                for value in vars(module).values()
+                if isinstance(value, type)
+                and issubclass(value, BaseSettings)
+                and value.__module__ == module.__name__
+            ]
+    return found
+
+
+def _setting_names() -> tuple[set[str], tuple[str, ...]]:
+    """Exact variable names, and the prefixes (``TWILIO_`` covers ``TWILIO_EU_*`` accounts too)."""
     names = {"AZUREWEBJOBSSTORAGE", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET"}
-    for cls in (
-        AppSettings,
-        SimulatorSettings,
-        TwilioSettings,
-        AcsSettings,
-        DataverseSettings,
-        IdentitySettings,
-    ):
-        prefix = cls.model_config.get("env_prefix", "")
+    prefixes: set[str] = set()
+    for cls in settings_classes():
+        prefix = str(cls.model_config.get("env_prefix", "")).upper()
+        if prefix:
+            prefixes.add(prefix)
         for name, field in cls.model_fields.items():
             alias = field.validation_alias
-            names.add(alias.upper() if isinstance(alias, str) else f"{prefix}{name}".upper())
-    return names
+            if isinstance(alias, str):
+                names.add(alias.upper())
+            elif isinstance(alias, AliasChoices):
+                names.update(str(choice).upper() for choice in alias.choices)
+            else:
+                names.add(f"{prefix}{name}".upper())
+    return names, tuple(sorted(prefixes))
+
+
+_SETTING_NAMES = _setting_names()
+
+
+def clear_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    names, prefixes = _SETTING_NAMES
+    for key in list(os.environ):
+        if key.upper() in names or key.upper().startswith(prefixes):
+            monkeypatch.delenv(key)
 
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings come from the environment: no test sees another's, or the developer's shell's."""
-    names = _setting_names()
-    for key in list(os.environ):
-        if key.upper() in names:
-            monkeypatch.delenv(key)
+    clear_settings(monkeypatch)
 
 
 @pytest.fixture(scope="session")
@@ -178,7 +205,7 @@ class RelayQueues:
         return int(queue.get_queue_properties().approximate_message_count)
 
     def visible_jobs(self, queue: QueueClient) -> list[RelayJob]:
-        return [RelayJob.decode(base64.b64decode(m.content)) for m in queue.peek_messages(max_messages=32)]
+        return [decode_job(base64.b64decode(m.content)) for m in queue.peek_messages(max_messages=32)]
 
 
 @pytest.fixture

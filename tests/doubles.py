@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from channels.base import SendReceipt, SendRequest
 from channels.errors import SendError
+from function_app import create_app
 from storage.ledger import SendRecord, SendState
 from tests.conftest import OUR_NUMBER
+from usecases.composition import Services
 
 
-class ScriptedChannel:
+class ScriptedAdapter:
     """A provider whose answers are scripted; each item is a receipt or an exception to raise."""
 
     name: ClassVar[str] = "scripted"
@@ -40,7 +42,7 @@ class ScriptedChannel:
         return None
 
 
-class IdempotentScriptedChannel(ScriptedChannel):
+class IdempotentScriptedAdapter(ScriptedAdapter):
     idempotent_resend_window: ClassVar[timedelta | None] = timedelta(minutes=4)
 
 
@@ -72,3 +74,9 @@ def send_record(provider: str, *, state: SendState = SendState.SENT, segments: i
         segments=segments,
         encoding="GSM-7",
     )
+
+
+def app_function(services: Services, name: str) -> Any:
+    """The user function ``name`` of the app as function_app builds it, over ``services``."""
+    [function] = [f for f in create_app(services).get_functions() if f.get_function_name() == name]
+    return function.get_user_function()

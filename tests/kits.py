@@ -29,15 +29,15 @@ from telnyx.lib.webhook_verification import verify_webhook_signature
 from twilio.request_validator import RequestValidator
 from vonage_http_client import Auth as VonageAuth
 
-from channels.acs import AcsChannel, AcsSettings
-from channels.base import SendRequest, SmsChannel
+from channels.acs import AcsAdapter, AcsSettings
+from channels.base import ProviderAdapter, SendRequest
 from channels.events import WebhookRequest
-from channels.infobip import InfobipChannel, InfobipSettings
-from channels.plivo import PlivoChannel, PlivoSettings
-from channels.simulator import SimulatorChannel, SimulatorSettings, sign_webhook
-from channels.telnyx import TelnyxChannel, TelnyxSettings
-from channels.twilio import TwilioChannel, TwilioSettings
-from channels.vonage import VonageChannel, VonageSettings
+from channels.infobip import InfobipAdapter, InfobipSettings
+from channels.plivo import PlivoAdapter, PlivoSettings
+from channels.simulator import SimulatorAdapter, SimulatorSettings, sign_webhook
+from channels.telnyx import TelnyxAdapter, TelnyxSettings
+from channels.twilio import TwilioAdapter, TwilioSettings
+from channels.vonage import VonageAdapter, VonageSettings
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.providers import FakeAcs, FakeInfobip, FakePlivo, FakeTelnyx, FakeTwilio, FakeVonage
 from tests.fakes.tls import LocalCA
@@ -70,7 +70,7 @@ class ProviderKit:
         self.ca = ca
 
     @contextmanager
-    def channel(self) -> Iterator[SmsChannel]:
+    def channel(self) -> Iterator[ProviderAdapter]:
         raise NotImplementedError
 
     def delivery_report(self, message_id: str, status: str) -> WebhookRequest:
@@ -114,8 +114,8 @@ class SimulatorKit(ProviderKit):
         self.secret = secrets.token_urlsafe(16)
 
     @contextmanager
-    def channel(self) -> Iterator[SmsChannel]:
-        yield SimulatorChannel(
+    def channel(self) -> Iterator[ProviderAdapter]:
+        yield SimulatorAdapter(
             SimulatorSettings(
                 reject_suffixes=(REJECTED[-4:],),
                 transient_suffixes=(THROTTLED[-4:],),
@@ -160,9 +160,9 @@ class TwilioKit(ProviderKit):
         self.token = secrets.token_hex(16)
 
     @contextmanager
-    def channel(self) -> Iterator[SmsChannel]:
+    def channel(self) -> Iterator[ProviderAdapter]:
         with FakeHttpServer(FakeTwilio(self.account_sid, self.token)) as api:
-            yield TwilioChannel(
+            yield TwilioAdapter(
                 TwilioSettings(
                     account_sid=self.account_sid, auth_token=SecretStr(self.token), api_base_url=api.url
                 )
@@ -218,10 +218,10 @@ class AcsKit(ProviderKit):
         self.key = secrets.token_bytes(32)
 
     @contextmanager
-    def channel(self) -> Iterator[SmsChannel]:
+    def channel(self) -> Iterator[ProviderAdapter]:
         with FakeHttpServer(FakeAcs(self.key), tls=self.ca.server_context()) as api:
             connection = f"endpoint={api.url}/;accesskey={base64.b64encode(self.key).decode()}"
-            yield AcsChannel(
+            yield AcsAdapter(
                 AcsSettings(connection_string=SecretStr(connection), webhook_secret=SecretStr(self.secret))
             )
 
@@ -285,9 +285,9 @@ class TelnyxKit(ProviderKit):
         self.public_key = base64.b64encode(bytes(self.signing_key.verify_key)).decode()
 
     @contextmanager
-    def channel(self) -> Iterator[SmsChannel]:
+    def channel(self) -> Iterator[ProviderAdapter]:
         with FakeHttpServer(FakeTelnyx(self.api_key)) as api:
-            yield TelnyxChannel(
+            yield TelnyxAdapter(
                 TelnyxSettings(
                     api_key=SecretStr(self.api_key), public_key=self.public_key, api_base_url=api.url
                 )
@@ -366,9 +366,9 @@ class PlivoKit(ProviderKit):
         self.token = secrets.token_hex(20)
 
     @contextmanager
-    def channel(self) -> Iterator[SmsChannel]:
+    def channel(self) -> Iterator[ProviderAdapter]:
         with FakeHttpServer(FakePlivo(self.auth_id, self.token)) as api:
-            yield PlivoChannel(
+            yield PlivoAdapter(
                 PlivoSettings(auth_id=self.auth_id, auth_token=SecretStr(self.token), api_base_url=api.url)
             )  # type: ignore[arg-type]
 
@@ -429,9 +429,9 @@ class VonageKit(ProviderKit):
         self.signature_secret = secrets.token_urlsafe(24)
 
     @contextmanager
-    def channel(self) -> Iterator[SmsChannel]:
+    def channel(self) -> Iterator[ProviderAdapter]:
         with FakeHttpServer(FakeVonage(self.api_key, self.api_secret)) as api:
-            yield VonageChannel(
+            yield VonageAdapter(
                 VonageSettings(
                     api_key=self.api_key,
                     api_secret=SecretStr(self.api_secret),
@@ -516,9 +516,9 @@ class InfobipKit(ProviderKit):
         self.password = secrets.token_urlsafe(16)
 
     @contextmanager
-    def channel(self) -> Iterator[SmsChannel]:
+    def channel(self) -> Iterator[ProviderAdapter]:
         with FakeHttpServer(FakeInfobip(self.api_key)) as api:
-            yield InfobipChannel(
+            yield InfobipAdapter(
                 InfobipSettings(
                     api_key=SecretStr(self.api_key),
                     base_url=api.url,  # type: ignore[arg-type]

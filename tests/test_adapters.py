@@ -13,10 +13,10 @@ from azure.communication.sms import SmsClient
 from pydantic import SecretStr
 from twilio.rest import Client as TwilioClient
 
-from channels.acs import AcsChannel, AcsSettings
+from channels.acs import AcsAdapter, AcsSettings
 from channels.base import SendReceipt, SendRequest
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
-from channels.twilio import TwilioChannel, TwilioSettings
+from channels.twilio import TwilioAdapter, TwilioSettings
 from tests.conftest import CUSTOMER, OUR_NUMBER
 from tests.fakes.http import FakeHttpServer, Reply
 from tests.fakes.providers import FakeAcs, FakeTwilio
@@ -52,11 +52,11 @@ def fake_twilio(twilio_token: str) -> Iterator[FakeHttpServer]:
 
 
 @pytest.fixture
-async def twilio(fake_twilio: FakeHttpServer, twilio_token: str) -> AsyncIterator[TwilioChannel]:
+async def twilio(fake_twilio: FakeHttpServer, twilio_token: str) -> AsyncIterator[TwilioAdapter]:
     settings = TwilioSettings(
         account_sid=ACCOUNT_SID, auth_token=SecretStr(twilio_token), api_base_url=fake_twilio.url
     )  # type: ignore[arg-type]
-    channel = TwilioChannel(
+    channel = TwilioAdapter(
         settings, status_callback_url="https://sms.example.org/api/providers/twilio/delivery-reports"
     )
     yield channel
@@ -64,7 +64,7 @@ async def twilio(fake_twilio: FakeHttpServer, twilio_token: str) -> AsyncIterato
 
 
 async def test_twilio_send_posts_what_the_official_sdk_posts(
-    twilio: TwilioChannel, fake_twilio: FakeHttpServer, twilio_token: str
+    twilio: TwilioAdapter, fake_twilio: FakeHttpServer, twilio_token: str
 ) -> None:
     request = send_request(text="Grüße 👋")
     receipt = await twilio.send(request)
@@ -96,7 +96,7 @@ async def test_twilio_messaging_service_replaces_from(fake_twilio: FakeHttpServe
         messaging_service_sid="MG" + "2" * 32,
         api_base_url=fake_twilio.url,
     )  # type: ignore[arg-type]
-    channel = TwilioChannel(settings)
+    channel = TwilioAdapter(settings)
     try:
         await channel.send(send_request())
     finally:
@@ -114,7 +114,7 @@ async def test_twilio_api_key_auth(fake_twilio: FakeHttpServer) -> None:
         api_key_secret=SecretStr("s"),
         api_base_url=fake_twilio.url,
     )  # type: ignore[arg-type]
-    channel = TwilioChannel(settings)
+    channel = TwilioAdapter(settings)
     try:
         with pytest.raises(TransientSendError, match="credentials refused"):
             await channel.send(send_request())
@@ -134,7 +134,7 @@ async def test_twilio_api_key_auth(fake_twilio: FakeHttpServer) -> None:
     ],
 )
 async def test_twilio_permanent_rejections(
-    twilio: TwilioChannel, suffix: str, reason: NotSentReason, code: str
+    twilio: TwilioAdapter, suffix: str, reason: NotSentReason, code: str
 ) -> None:
     with pytest.raises(PermanentSendError) as caught:
         await twilio.send(send_request(recipient="+1415555" + suffix))
@@ -142,7 +142,7 @@ async def test_twilio_permanent_rejections(
     assert "+1415555" not in str(caught.value)  # Twilio's message quotes the number; ours must not
 
 
-async def test_twilio_throttling_is_transient_and_a_500_ambiguous(twilio: TwilioChannel) -> None:
+async def test_twilio_throttling_is_transient_and_a_500_ambiguous(twilio: TwilioAdapter) -> None:
     with pytest.raises(TransientSendError) as throttled:
         await twilio.send(send_request(recipient="+14155550429"))
     assert throttled.value.retry_after == 1.0
@@ -151,7 +151,7 @@ async def test_twilio_throttling_is_transient_and_a_500_ambiguous(twilio: Twilio
 
 
 async def test_twilio_unreachable_is_transient_and_no_answer_is_ambiguous(twilio_token: str) -> None:
-    closed = TwilioChannel(
+    closed = TwilioAdapter(
         TwilioSettings(
             account_sid=ACCOUNT_SID, auth_token=SecretStr(twilio_token), api_base_url="http://127.0.0.1:9"
         )
@@ -169,7 +169,7 @@ async def test_twilio_unreachable_is_transient_and_no_answer_is_ambiguous(twilio
         return Reply(201, {"sid": "SMlate"})
 
     with FakeHttpServer(never_answers) as slow:
-        channel = TwilioChannel(
+        channel = TwilioAdapter(
             TwilioSettings(
                 account_sid=ACCOUNT_SID, auth_token=SecretStr(twilio_token), api_base_url=slow.url
             ),
@@ -202,8 +202,8 @@ def acs_connection_string(url: str, key: bytes) -> str:
 
 
 @pytest.fixture
-async def acs(fake_acs: FakeHttpServer, acs_key: bytes) -> AsyncIterator[AcsChannel]:
-    channel = AcsChannel(
+async def acs(fake_acs: FakeHttpServer, acs_key: bytes) -> AsyncIterator[AcsAdapter]:
+    channel = AcsAdapter(
         AcsSettings(connection_string=SecretStr(acs_connection_string(fake_acs.url, acs_key)))
     )
     yield channel
@@ -211,7 +211,7 @@ async def acs(fake_acs: FakeHttpServer, acs_key: bytes) -> AsyncIterator[AcsChan
 
 
 async def test_acs_send_is_signed_and_shaped_like_the_official_sdk(
-    acs: AcsChannel, fake_acs: FakeHttpServer, acs_key: bytes
+    acs: AcsAdapter, fake_acs: FakeHttpServer, acs_key: bytes
 ) -> None:
     request = send_request()
     receipt = await acs.send(request)
@@ -239,7 +239,7 @@ async def test_acs_send_is_signed_and_shaped_like_the_official_sdk(
 
 
 async def test_acs_resend_of_the_same_request_is_answered_from_the_first(
-    acs: AcsChannel, fake_acs: FakeHttpServer
+    acs: AcsAdapter, fake_acs: FakeHttpServer
 ) -> None:
     request = send_request()
     first, again = await acs.send(request), await acs.send(request)
@@ -248,7 +248,7 @@ async def test_acs_resend_of_the_same_request_is_answered_from_the_first(
     assert a.json()["smsRecipients"] == b.json()["smsRecipients"]
 
 
-async def test_acs_rejected_recipient_is_permanent_and_throttling_transient(acs: AcsChannel) -> None:
+async def test_acs_rejected_recipient_is_permanent_and_throttling_transient(acs: AcsAdapter) -> None:
     with pytest.raises(PermanentSendError) as rejected:
         await acs.send(send_request(recipient="+14155550211"))
     assert rejected.value.reason is NotSentReason.INVALID_RECIPIENT
@@ -260,7 +260,7 @@ async def test_acs_rejected_recipient_is_permanent_and_throttling_transient(acs:
 
 
 async def test_acs_wrong_key_is_refused(fake_acs: FakeHttpServer) -> None:
-    channel = AcsChannel(
+    channel = AcsAdapter(
         AcsSettings(connection_string=SecretStr(acs_connection_string(fake_acs.url, b"wrong")))
     )
     try:
@@ -298,7 +298,7 @@ async def test_acs_managed_identity_gets_one_token_from_the_app_service_endpoint
     ):
         monkeypatch.setenv("IDENTITY_ENDPOINT", f"{identity.url}/msi/token")
         monkeypatch.setenv("IDENTITY_HEADER", identity_secret)
-        channel = AcsChannel(AcsSettings(endpoint=fake.url))  # type: ignore[arg-type]
+        channel = AcsAdapter(AcsSettings(endpoint=fake.url))  # type: ignore[arg-type]
         try:
             for _ in range(3):
                 await channel.send(send_request())

@@ -16,13 +16,13 @@ from twilio.request_validator import RequestValidator
 
 from contracts import ChannelStatus
 from storage.ledger import SendLedger
+from storage.relay_queue import NotificationJob, RelayQueue
 from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues, payload_json
 from tests.doubles import send_record
 from tests.e2e import client, local_host, wait_for
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.providers import FakeTwilio
-from usecases.relay import RelayJob, RelayQueue
 
 ACCOUNT_SID = "AC" + "9" * 32
 PUBLIC = "https://sms.example.org"
@@ -153,8 +153,7 @@ def test_job_of_a_worker_killed_after_dequeue_is_relayed_once(
         ledger.close()
         queue = RelayQueue(azurite.connection_string)
         await queue.put(
-            RelayJob(
-                kind="notification",
+            NotificationJob(
                 provider="twilio",
                 message_id=message_id,
                 status=ChannelStatus.DELIVERED,

@@ -10,23 +10,15 @@ from typing import Any
 import azure.functions as func
 import pytest
 
-from blueprints import health, outbound
 from channels.base import SendReceipt
 from channels.errors import AmbiguousSendError, TransientSendError
-from core.settings import AppSettings, ConfigurationError, SettingProblem
+from core.settings import AppSettings
 from tests.conftest import payload_json
-from tests.doubles import ScriptedChannel
+from tests.doubles import ScriptedAdapter, app_function
 from tests.fakes.azurite import Azurite
 from usecases.composition import Services
 
 Handler = Callable[[func.HttpRequest], Any]
-
-
-def function(bp: func.Blueprint, name: str) -> Handler:
-    app = func.FunctionApp()
-    app.register_functions(bp)
-    [fn] = [f for f in app.get_functions() if f.get_function_name() == name]
-    return fn.get_user_function()  # type: ignore[no-any-return]
 
 
 def post(body: bytes | str | dict[str, Any]) -> func.HttpRequest:
@@ -43,23 +35,25 @@ def post(body: bytes | str | dict[str, Any]) -> func.HttpRequest:
 
 
 @pytest.fixture
-def channel() -> ScriptedChannel:
-    return ScriptedChannel(SendReceipt("SM-http"))
+def channel() -> ScriptedAdapter:
+    return ScriptedAdapter(SendReceipt("SM-http"))
 
 
 @pytest.fixture
-async def services(azurite: Azurite, channel: ScriptedChannel) -> AsyncIterator[Services]:
-    settings = AppSettings(
-        AzureWebJobsStorage=azurite.connection_string, MAX_SEGMENTS=2, SEND_BUDGET_SECONDS=0.5
-    )  # type: ignore[call-arg]
-    built = Services(lambda: settings, channel_factory=lambda *_: channel)
+async def services(
+    azurite: Azurite, channel: ScriptedAdapter, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Services]:
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    monkeypatch.setenv("MAX_SEGMENTS", "2")
+    monkeypatch.setenv("SEND_BUDGET_SECONDS", "0.5")
+    built = Services(adapter_factory=lambda *_: channel)
     yield built
     await built.aclose()
 
 
 @pytest.fixture
 def send(services: Services) -> Handler:
-    return function(outbound.blueprint(services), "outbound")
+    return app_function(services, "outbound")
 
 
 def answer(response: func.HttpResponse) -> Any:
@@ -125,7 +119,7 @@ async def test_custom_api_envelope_is_answered_in_the_envelope(
     ],
 )
 async def test_malformed_payload_gets_400_naming_each_field(
-    send: Handler, channel: ScriptedChannel, body: dict[str, Any], fields: list[str]
+    send: Handler, channel: ScriptedAdapter, body: dict[str, Any], fields: list[str]
 ) -> None:
     response = await send(post(body))
     assert response.status_code == 400
@@ -148,7 +142,7 @@ async def test_malformed_payload_gets_400_naming_each_field(
     ],
 )
 async def test_not_json_gets_400(
-    send: Handler, channel: ScriptedChannel, raw: str | bytes, fragment: str
+    send: Handler, channel: ScriptedAdapter, raw: str | bytes, fragment: str
 ) -> None:
     response = await send(post(raw))
     assert response.status_code == 400
@@ -157,7 +151,7 @@ async def test_not_json_gets_400(
 
 
 async def test_oversized_body_is_refused(
-    send: Handler, channel: ScriptedChannel, channel_definition_id: uuid.UUID
+    send: Handler, channel: ScriptedAdapter, channel_definition_id: uuid.UUID
 ) -> None:
     response = await send(post(payload_json(channel_definition_id, text="x" * 70_000)))
     assert response.status_code == 413
@@ -169,7 +163,7 @@ async def test_oversized_body_is_refused(
     "change", [{"To": "12"}, {"Message": {"text": ""}}, {"Message": {"text": "x" * 400}}]
 )
 async def test_business_rejection_is_200_not_sent(
-    send: Handler, channel: ScriptedChannel, channel_definition_id: uuid.UUID, change: dict[str, Any]
+    send: Handler, channel: ScriptedAdapter, channel_definition_id: uuid.UUID, change: dict[str, Any]
 ) -> None:
     body = payload_json(channel_definition_id, "REQ-3")
     body.update(change)
@@ -184,7 +178,7 @@ async def test_business_rejection_is_200_not_sent(
 
 
 async def test_transient_failure_gets_503_with_retry_after(
-    send: Handler, channel: ScriptedChannel, channel_definition_id: uuid.UUID
+    send: Handler, channel: ScriptedAdapter, channel_definition_id: uuid.UUID
 ) -> None:
     channel.script = [TransientSendError("HTTP 503", retry_after=7)]
     response = await send(post(payload_json(channel_definition_id, "REQ-4")))
@@ -202,7 +196,7 @@ async def test_transient_failure_gets_503_with_retry_after(
 
 
 async def test_ambiguous_outcome_answers_sent_without_message_id(
-    send: Handler, channel: ScriptedChannel, channel_definition_id: uuid.UUID
+    send: Handler, channel: ScriptedAdapter, channel_definition_id: uuid.UUID
 ) -> None:
     channel.script = [AmbiguousSendError("read timeout")]
     for _ in range(2):
@@ -216,29 +210,32 @@ async def test_ambiguous_outcome_answers_sent_without_message_id(
 
 
 async def test_misconfiguration_names_the_setting(
-    channel_definition_id: uuid.UUID, caplog: pytest.LogCaptureFixture
+    channel_definition_id: uuid.UUID,
+    azurite: Azurite,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken() -> AppSettings:
-        raise ConfigurationError([SettingProblem("TWILIO_AUTH_TOKEN", "Field required")])
-
-    send = function(outbound.blueprint(Services(broken)), "outbound")
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    monkeypatch.setenv("SMS_PROVIDER", "twilio")
+    send = app_function(Services(), "outbound")
     response = await send(post(payload_json(channel_definition_id)))
     assert response.status_code == 503
     error = answer(response)["error"]
     assert error["code"] == "Misconfigured"
-    assert error["settings"] == [{"setting": "TWILIO_AUTH_TOKEN", "message": "Field required"}]
-    assert "TWILIO_AUTH_TOKEN" in caplog.text and "Traceback" not in response.get_body().decode()
+    assert error["settings"] == [{"setting": "TWILIO_ACCOUNT_SID", "message": "Field required"}]
+    assert "TWILIO_ACCOUNT_SID" in caplog.text and "Traceback" not in response.get_body().decode()
 
 
 async def test_unreachable_storage_gets_503(
-    channel: ScriptedChannel, channel_definition_id: uuid.UUID
+    channel: ScriptedAdapter, channel_definition_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = AppSettings(
-        AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-        "AccountKey=a2V5;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
-    )  # type: ignore[call-arg]
-    services = Services(lambda: settings, channel_factory=lambda *_: channel)
-    send = function(outbound.blueprint(services), "outbound")
+    monkeypatch.setenv(
+        "AzureWebJobsStorage",
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        "AccountKey=a2V5;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;",
+    )
+    services = Services(adapter_factory=lambda *_: channel)
+    send = app_function(services, "outbound")
     response = await send(post(payload_json(channel_definition_id)))
     assert response.status_code == 503 and answer(response)["error"]["code"] == "StorageUnavailable"
     assert "Retry-After" in response.headers
@@ -246,7 +243,7 @@ async def test_unreachable_storage_gets_503(
 
 
 async def test_health_reports_provider_and_storage(services: Services) -> None:
-    check = function(health.blueprint(services), "health")
+    check = app_function(services, "health")
     response = await check(func.HttpRequest("GET", "http://localhost/api/health", body=b""))
     assert response.status_code == 200
     assert answer(response) == {
@@ -266,7 +263,7 @@ async def test_health_names_bad_settings_without_their_values(
     monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC-not-a-sid-secretish")
     monkeypatch.setenv("MAX_SEGMENTS", "lots")
     services = Services()
-    check = function(health.blueprint(services), "health")
+    check = app_function(services, "health")
     response = await check(func.HttpRequest("GET", "http://localhost/api/health", body=b""))
     body = answer(response)
     assert response.status_code == 503 and body["status"] == "unhealthy"
@@ -275,7 +272,7 @@ async def test_health_names_bad_settings_without_their_values(
 
     monkeypatch.setenv("MAX_SEGMENTS", "5")
     services = Services()
-    check = function(health.blueprint(services), "health")
+    check = app_function(services, "health")
     body = answer(await check(func.HttpRequest("GET", "http://localhost/api/health", body=b"")))
     assert body["provider"] == "twilio" and body["storage"] == "reachable"
     assert {p["setting"] for p in body["problems"]} == {"TWILIO_ACCOUNT_SID"}
@@ -289,10 +286,10 @@ async def test_bad_settings_are_named_not_a_500(
     monkeypatch.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
     monkeypatch.setenv(setting, value)
     services = Services()
-    check = function(health.blueprint(services), "health")
+    check = app_function(services, "health")
     body = answer(await check(func.HttpRequest("GET", "http://localhost/api/health", body=b"")))
     assert [p["setting"] for p in body["problems"]] == [setting]
-    response = await function(outbound.blueprint(services), "outbound")(
+    response = await app_function(services, "outbound")(
         post(payload_json(channel_definition_id))
     )
     assert response.status_code == 503
@@ -309,7 +306,7 @@ async def test_health_reports_unreachable_storage(monkeypatch: pytest.MonkeyPatc
         "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
         "AccountKey=a2V5;TableEndpoint=http://127.0.0.1:9/devstoreaccount1;",
     )
-    check = function(health.blueprint(Services()), "health")
+    check = app_function(Services(), "health")
     response = await check(func.HttpRequest("GET", "http://localhost/api/health", body=b""))
     assert response.status_code == 503 and answer(response)["storage"] == "unreachable"
 
@@ -331,17 +328,11 @@ async def test_retention_timer_purges_expired_send_state(
 ) -> None:
     from datetime import datetime, timedelta, timezone
 
-    from blueprints import maintenance
-
     await send(post(payload_json(channel_definition_id, "REQ-expired")))
     ledger = services.ledger()
     record = await ledger.get(channel_definition_id, "REQ-expired")
     assert record is not None
     await ledger.replace_if_unchanged(record, expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
-    app = func.FunctionApp()
-    app.register_functions(maintenance.blueprint(services))
-    [timer] = app.get_functions()
-
-    await timer.get_user_function()(timer=None)
+    await app_function(services, "purge_expired_records")(timer=None)
 
     assert await ledger.get(channel_definition_id, "REQ-expired") is None

@@ -14,22 +14,24 @@ import pytest
 from pydantic import SecretStr
 
 from channels.events import WebhookRejected, WebhookRequest
-from channels.vonage import VonageChannel, VonageSettings, vonage_signature
+from channels.vonage import VonageAdapter, VonageSettings, vonage_signature
 from contracts import ChannelStatus
 from dataverse.dry_run import DryRunDataverse
 from storage.ledger import SendLedger, SendRecord
+from storage.relay_queue import InboundJob, NotificationJob, RelayJob, RelayQueue
 from tests.conftest import CUSTOMER, OUR_NUMBER, RelayQueues
 from tests.doubles import send_record
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.providers import FakeVonage
 from tests.kits import send_request
-from usecases.relay import RelayJob, RelayQueue, RelayService
+from usecases.intake import inbound_job
+from usecases.relay import RelayService
 
 
 async def test_long_text_is_sent_as_parts_and_every_part_id_is_returned() -> None:
     with FakeHttpServer(FakeVonage("key", "secret")) as api:
-        channel = VonageChannel(
+        channel = VonageAdapter(
             VonageSettings(api_key="key", api_secret=SecretStr("secret"), api_base_url=api.url)
         )  # type: ignore[arg-type]
         request = send_request()
@@ -54,7 +56,7 @@ def test_md5hash_signature_as_the_dashboard_default_computes_it() -> None:
     material = "".join(f"&{k}={params[k]}" for k in sorted(params))
     expected = hashlib.md5((material + secret).encode()).hexdigest()
     assert vonage_signature(params, secret, "md5hash") == expected
-    channel = VonageChannel(
+    channel = VonageAdapter(
         VonageSettings(api_key="k", api_secret=SecretStr("s"), signature_secret=SecretStr(secret))
     )
     body = json.dumps({**params, "sig": expected.upper()}).encode()
@@ -96,8 +98,7 @@ async def multipart_send(ledger: SendLedger, parts: int) -> tuple[SendRecord, li
 
 
 def report(message_id: str, status: ChannelStatus) -> RelayJob:
-    return RelayJob(
-        kind="notification",
+    return NotificationJob(
         provider="vonage",
         message_id=message_id,
         status=status,
@@ -153,8 +154,7 @@ async def test_concatenated_inbound_parts_become_one_message(
     texts = ["This reply is long enough ", "to arrive in three ", "parts. STOP"]
     for index in (3, 1, 2):  # out of order, like a carrier delivers them
         await service.process(
-            RelayJob(
-                kind="inbound",
+            InboundJob(
                 provider="vonage",
                 message_id=f"IN{index}",
                 customer=CUSTOMER.lstrip("+"),
@@ -174,7 +174,7 @@ async def test_concatenated_reply_through_the_adapter_and_a_reused_reference(
     relay: tuple[RelayService, DryRunDataverse],
 ) -> None:
     service, dataverse = relay
-    channel = VonageChannel(VonageSettings(api_key="k", api_secret=SecretStr("s")))
+    channel = VonageAdapter(VonageSettings(api_key="k", api_secret=SecretStr("s")))
 
     def part(message_id: str, index: int, text: str) -> RelayJob:
         body = json.dumps(
@@ -197,7 +197,7 @@ async def test_concatenated_reply_through_the_adapter_and_a_reused_reference(
             body=body.encode(),
         )
         [message] = channel.parse_inbound(request).inbound
-        return RelayJob.inbound(message)
+        return inbound_job(message)
 
     for job in (part("A2", 2, "world"), part("A1", 1, "hello ")):
         await service.process(job)

@@ -13,23 +13,24 @@ import pytest
 from channels.base import SendReceipt, SendRequest
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
 from contracts import ChannelStatus, OutboundPayload
-from storage.ledger import SendLedger, SendRecord, SendState, StorageUnavailable
+from storage.errors import StorageUnavailable
+from storage.ledger import SendLedger, SendRecord, SendState
 from tests.conftest import CUSTOMER, payload_json
-from tests.doubles import IdempotentScriptedChannel, RecordingSleep, ScriptedChannel
+from tests.doubles import IdempotentScriptedAdapter, RecordingSleep, ScriptedAdapter
 from tests.fakes.azurite import Azurite
 from usecases.outbound import OutboundService, SendOutcome, TryAgainLater
 
 
 def make_service(
     ledger: SendLedger,
-    channel: ScriptedChannel,
+    channel: ScriptedAdapter,
     *,
     budget: float = 8.0,
     sleep: RecordingSleep | None = None,
     max_segments: int = 3,
 ) -> OutboundService:
     return OutboundService(
-        channel=channel,
+        adapter_for=lambda _sender: channel,
         ledger=ledger,
         max_segments=max_segments,
         send_budget_seconds=budget,
@@ -46,7 +47,7 @@ def payload(
 async def test_sent_is_recorded_for_delivery_reports_and_repeats_do_not_send_again(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
-    channel = ScriptedChannel(SendReceipt("SM-1"))
+    channel = ScriptedAdapter(SendReceipt("SM-1"))
     service = make_service(ledger, channel)
     request = payload(channel_definition_id, "req-1")
 
@@ -72,8 +73,10 @@ async def test_concurrent_duplicates_send_exactly_once(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
     hold = asyncio.Event()
-    channel = ScriptedChannel(SendReceipt("SM-2"), hold=hold)
-    service = OutboundService(channel=channel, ledger=ledger, max_segments=3, send_budget_seconds=8.0)
+    channel = ScriptedAdapter(SendReceipt("SM-2"), hold=hold)
+    service = OutboundService(
+        adapter_for=lambda _sender: channel, ledger=ledger, max_segments=3, send_budget_seconds=8.0
+    )
     request = payload(channel_definition_id, "req-concurrent")
 
     calls = [asyncio.create_task(service.send(request)) for _ in range(12)]
@@ -86,7 +89,7 @@ async def test_concurrent_duplicates_send_exactly_once(
 
 
 async def test_request_id_is_scoped_by_channel_definition(ledger: SendLedger) -> None:
-    channel = ScriptedChannel(SendReceipt("SM-a"), SendReceipt("SM-b"))
+    channel = ScriptedAdapter(SendReceipt("SM-a"), SendReceipt("SM-b"))
     service = make_service(ledger, channel)
     await service.send(payload(uuid.uuid4(), "same-id"))
     await service.send(payload(uuid.uuid4(), "same-id"))
@@ -110,7 +113,7 @@ async def test_business_rejections_answer_not_sent_without_calling_the_provider(
     reason: NotSentReason,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    channel = ScriptedChannel(SendReceipt("never"))
+    channel = ScriptedAdapter(SendReceipt("never"))
     service = make_service(ledger, channel)
     caplog.set_level(logging.INFO, "sms.outbound")
 
@@ -124,7 +127,7 @@ async def test_business_rejections_answer_not_sent_without_calling_the_provider(
 async def test_message_without_text_part_is_not_sent(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
-    channel = ScriptedChannel(SendReceipt("never"))
+    channel = ScriptedAdapter(SendReceipt("never"))
     document = payload_json(channel_definition_id, "no-text")
     document["Message"] = {"subject": "hello"}
     outcome = await make_service(ledger, channel).send(OutboundPayload.model_validate(document))
@@ -133,7 +136,7 @@ async def test_message_without_text_part_is_not_sent(
 
 
 async def test_provider_rejection_is_final(ledger: SendLedger, channel_definition_id: uuid.UUID) -> None:
-    channel = ScriptedChannel(
+    channel = ScriptedAdapter(
         PermanentSendError(NotSentReason.RECIPIENT_OPTED_OUT, "opted out", provider_code="21610")
     )
     service = make_service(ledger, channel)
@@ -147,7 +150,7 @@ async def test_provider_rejection_is_final(ledger: SendLedger, channel_definitio
 async def test_transient_failures_are_retried_honouring_retry_after(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
-    channel = ScriptedChannel(
+    channel = ScriptedAdapter(
         TransientSendError("429", retry_after=2.5), TransientSendError("503"), SendReceipt("SM-3")
     )
     sleep = RecordingSleep()
@@ -162,7 +165,7 @@ async def test_transient_failures_are_retried_honouring_retry_after(
 async def test_still_failing_within_the_budget_answers_try_again_and_a_repeat_sends(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
-    channel = ScriptedChannel(TransientSendError("503"))
+    channel = ScriptedAdapter(TransientSendError("503"))
     request = payload(channel_definition_id, "retry-later")
     outcome = await make_service(ledger, channel, budget=0.5, sleep=RecordingSleep()).send(request)
 
@@ -181,7 +184,7 @@ async def test_still_failing_within_the_budget_answers_try_again_and_a_repeat_se
 async def test_retry_after_beyond_the_budget_is_passed_to_the_caller(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
-    channel = ScriptedChannel(TransientSendError("429", retry_after=30))
+    channel = ScriptedAdapter(TransientSendError("429", retry_after=30))
     sleep = RecordingSleep()
     outcome = await make_service(ledger, channel, budget=5, sleep=sleep).send(payload(channel_definition_id))
     assert outcome == TryAgainLater(30, "the SMS provider is unavailable; retry the same RequestId")
@@ -191,7 +194,7 @@ async def test_retry_after_beyond_the_budget_is_passed_to_the_caller(
 async def test_ambiguous_outcome_is_never_sent_again(
     ledger: SendLedger, channel_definition_id: uuid.UUID, caplog: pytest.LogCaptureFixture
 ) -> None:
-    channel = ScriptedChannel(AmbiguousSendError("read timeout"))
+    channel = ScriptedAdapter(AmbiguousSendError("read timeout"))
     service = make_service(ledger, channel)
     request = payload(channel_definition_id, "ambiguous")
 
@@ -206,7 +209,7 @@ async def test_ambiguous_outcome_is_never_sent_again(
 async def test_ambiguous_outcome_is_retried_when_the_provider_deduplicates(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
-    channel = IdempotentScriptedChannel(AmbiguousSendError("read timeout"), SendReceipt("acs-1"))
+    channel = IdempotentScriptedAdapter(AmbiguousSendError("read timeout"), SendReceipt("acs-1"))
     outcome = await make_service(ledger, channel).send(payload(channel_definition_id))
     assert outcome == SendOutcome(ChannelStatus.SENT, message_id="acs-1")
     first, second = channel.requests
@@ -220,7 +223,7 @@ async def _crashed_mid_send(
     ledger: SendLedger, channel_definition_id: uuid.UUID, request_id: str, first_attempt_ago: timedelta
 ) -> None:
     """Leave the row a process that died inside the provider call leaves behind."""
-    channel = ScriptedChannel(SendReceipt("lost"), hold=asyncio.Event())
+    channel = ScriptedAdapter(SendReceipt("lost"), hold=asyncio.Event())
     task = asyncio.create_task(make_service(ledger, channel).send(payload(channel_definition_id, request_id)))
     await channel.entered.wait()
     task.cancel()
@@ -236,7 +239,7 @@ async def test_send_interrupted_by_a_crash_is_not_repeated(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
     await _crashed_mid_send(ledger, channel_definition_id, "crashed", timedelta(seconds=20))
-    channel = ScriptedChannel(SendReceipt("SM-second"))
+    channel = ScriptedAdapter(SendReceipt("SM-second"))
 
     outcome = await make_service(ledger, channel).send(payload(channel_definition_id, "crashed"))
 
@@ -250,12 +253,12 @@ async def test_send_interrupted_by_a_crash_is_resumed_inside_the_providers_repea
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
     await _crashed_mid_send(ledger, channel_definition_id, "resume", timedelta(seconds=20))
-    channel = IdempotentScriptedChannel(SendReceipt("acs-2"))
+    channel = IdempotentScriptedAdapter(SendReceipt("acs-2"))
     outcome = await make_service(ledger, channel).send(payload(channel_definition_id, "resume"))
     assert outcome == SendOutcome(ChannelStatus.SENT, message_id="acs-2")
 
     await _crashed_mid_send(ledger, channel_definition_id, "too-late", timedelta(minutes=10))
-    late = IdempotentScriptedChannel(SendReceipt("acs-3"))
+    late = IdempotentScriptedAdapter(SendReceipt("acs-3"))
     assert await make_service(ledger, late).send(payload(channel_definition_id, "too-late")) == SendOutcome(
         ChannelStatus.SENT
     )
@@ -265,7 +268,7 @@ async def test_send_interrupted_by_a_crash_is_resumed_inside_the_providers_repea
 async def test_reused_request_id_with_other_content_is_never_sent(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
-    channel = ScriptedChannel(TransientSendError("503"))
+    channel = ScriptedAdapter(TransientSendError("503"))
     service = make_service(ledger, channel, budget=0.1)
     assert isinstance(
         await service.send(payload(channel_definition_id, "reused-2", text="first")), TryAgainLater
@@ -279,7 +282,7 @@ async def test_reused_request_id_with_other_content_is_never_sent(
 async def test_ambiguous_then_transient_is_not_retried_later(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
-    channel = IdempotentScriptedChannel(AmbiguousSendError("read timeout"), TransientSendError("503"))
+    channel = IdempotentScriptedAdapter(AmbiguousSendError("read timeout"), TransientSendError("503"))
     request = payload(channel_definition_id, "amb-then-503")
     assert await make_service(ledger, channel, budget=0.3).send(request) == SendOutcome(ChannelStatus.SENT)
     sent_so_far = len(channel.requests)
@@ -292,7 +295,7 @@ async def test_ambiguous_then_transient_is_not_retried_later(
 async def test_a_retry_after_a_clean_failure_gets_fresh_provider_idempotency_data(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
-    channel = IdempotentScriptedChannel(TransientSendError("503"))
+    channel = IdempotentScriptedAdapter(TransientSendError("503"))
     request = payload(channel_definition_id, "fresh-attempt")
     await make_service(ledger, channel, budget=0.1).send(request)
     first = channel.requests[-1]
@@ -305,7 +308,7 @@ async def test_a_retry_after_a_clean_failure_gets_fresh_provider_idempotency_dat
     assert retry.first_attempt_at > first.first_attempt_at
 
 
-class _BrokenChannel(ScriptedChannel):
+class _BrokenChannel(ScriptedAdapter):
     async def send(self, request: SendRequest) -> SendReceipt:
         self.requests.append(request)
         raise KeyError("bug")
@@ -337,7 +340,7 @@ async def test_storage_failing_after_the_provider_accepted_still_answers_sent(
     azurite: Azurite, channel_definition_id: uuid.UUID, caplog: pytest.LogCaptureFixture
 ) -> None:
     ledger = _LedgerFailingAfterSend(azurite.connection_string, retention=timedelta(days=1))
-    outcome = await make_service(ledger, ScriptedChannel(SendReceipt("SM-kept"))).send(
+    outcome = await make_service(ledger, ScriptedAdapter(SendReceipt("SM-kept"))).send(
         payload(channel_definition_id)
     )
     ledger.close()
@@ -348,7 +351,7 @@ async def test_storage_failing_after_the_provider_accepted_still_answers_sent(
 async def test_reused_request_id_with_other_content_answers_the_first_outcome(
     ledger: SendLedger, channel_definition_id: uuid.UUID, caplog: pytest.LogCaptureFixture
 ) -> None:
-    channel = ScriptedChannel(SendReceipt("SM-5"))
+    channel = ScriptedAdapter(SendReceipt("SM-5"))
     service = make_service(ledger, channel)
     await service.send(payload(channel_definition_id, "reused", text="first"))
     outcome = await service.send(payload(channel_definition_id, "reused", text="second"))
@@ -361,7 +364,7 @@ async def test_test_sends_are_logged_and_sent(
     ledger: SendLedger, channel_definition_id: uuid.UUID, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "sms.outbound")
-    channel = ScriptedChannel(SendReceipt("SM-6"))
+    channel = ScriptedAdapter(SendReceipt("SM-6"))
     request = payload(channel_definition_id, "test-send", MarketingAppContext={"IsTestSend": True})
     assert await make_service(ledger, channel).send(request) == SendOutcome(
         ChannelStatus.SENT, message_id="SM-6"
@@ -375,7 +378,7 @@ async def test_logs_mask_the_recipient(
     ledger: SendLedger, channel_definition_id: uuid.UUID, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    await make_service(ledger, ScriptedChannel(SendReceipt("SM-7"))).send(payload(channel_definition_id))
+    await make_service(ledger, ScriptedAdapter(SendReceipt("SM-7"))).send(payload(channel_definition_id))
     assert CUSTOMER not in caplog.text and "+1415****0123" in caplog.text
 
 
@@ -385,7 +388,7 @@ async def test_unreachable_storage_sends_nothing(channel_definition_id: uuid.UUI
         "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;",
         retention=timedelta(days=1),
     )
-    channel = ScriptedChannel(SendReceipt("never"))
+    channel = ScriptedAdapter(SendReceipt("never"))
     with pytest.raises(StorageUnavailable):
         await make_service(dead, channel).send(payload(channel_definition_id))
     assert channel.requests == []
@@ -394,7 +397,7 @@ async def test_unreachable_storage_sends_nothing(channel_definition_id: uuid.UUI
 async def test_retention_purges_only_expired_records(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
-    service = make_service(ledger, ScriptedChannel(SendReceipt("SM-old"), SendReceipt("SM-new")))
+    service = make_service(ledger, ScriptedAdapter(SendReceipt("SM-old"), SendReceipt("SM-new")))
     await service.send(payload(channel_definition_id, "old"))
     await service.send(payload(channel_definition_id, "new"))
     old = await ledger.get(channel_definition_id, "old")
@@ -417,7 +420,7 @@ async def test_retention_purges_only_expired_records(
 async def test_any_request_id_is_a_valid_storage_key(
     ledger: SendLedger, channel_definition_id: uuid.UUID, request_id: str
 ) -> None:
-    channel = ScriptedChannel(SendReceipt("SM-key"))
+    channel = ScriptedAdapter(SendReceipt("SM-key"))
     service = make_service(ledger, channel)
     assert await service.send(payload(channel_definition_id, request_id)) == SendOutcome(
         ChannelStatus.SENT, message_id="SM-key"
@@ -433,7 +436,7 @@ async def test_any_request_id_is_a_valid_storage_key(
 async def test_every_part_of_a_multipart_send_is_recorded(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:
-    channel = ScriptedChannel(SendReceipt("P1", part_message_ids=("P1", "P2", "P3")))
+    channel = ScriptedAdapter(SendReceipt("P1", part_message_ids=("P1", "P2", "P3")))
     outcome = await make_service(ledger, channel).send(payload(channel_definition_id, "multipart"))
     assert outcome == SendOutcome(ChannelStatus.SENT, message_id="P1")
     for part in ("P1", "P2", "P3"):
@@ -450,7 +453,7 @@ async def test_an_interrupted_send_is_not_resumed_through_another_provider(
 ) -> None:
     """The route of the sender changed to a deduplicating provider after the first attempt died."""
     await _crashed_mid_send(ledger, channel_definition_id, "rerouted", timedelta(seconds=20))
-    other = IdempotentScriptedChannel(SendReceipt("acs-other"))
+    other = IdempotentScriptedAdapter(SendReceipt("acs-other"))
     other.name = "acs"  # type: ignore[misc]  # a different provider than the first attempt's
     outcome = await make_service(ledger, other).send(payload(channel_definition_id, "rerouted"))
     assert outcome == SendOutcome(ChannelStatus.SENT)

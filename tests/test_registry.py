@@ -8,12 +8,14 @@ import pytest
 from twilio.rest.api.v2010.account.message import MessageInstance
 
 from channels import acs, simulator, twilio
-from channels.base import SmsChannel
+from channels.base import ProviderAdapter
 from channels.events import DeliveryOutcome
 from channels.registry import PROVIDERS
 
 SEAM = [
-    name for name, member in inspect.getmembers(SmsChannel) if callable(member) and not name.startswith("_")
+    name
+    for name, member in inspect.getmembers(ProviderAdapter)
+    if callable(member) and not name.startswith("_")
 ]
 
 

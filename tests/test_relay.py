@@ -8,22 +8,23 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
 import pytest
 
-from blueprints import relay as relay_blueprint
 from contracts import ChannelStatus
 from dataverse.client import DataverseClient
 from dataverse.dry_run import DryRunDataverse
 from storage.ledger import RelayClaimState, SendLedger, SendRecord, SendState
+from storage.relay_queue import InboundJob, NotificationJob, RelayQueue
 from storage.replay_poison import replay
 from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues
-from tests.doubles import send_record
+from tests.doubles import app_function, send_record
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import Reply
 from usecases.composition import Services
-from usecases.relay import MAX_ATTEMPTS, UNKNOWN_MESSAGE_ATTEMPTS, RelayJob, RelayQueue, RelayService
+from usecases.relay import MAX_ATTEMPTS, UNKNOWN_MESSAGE_ATTEMPTS, RelayService
 
 
 @pytest.fixture
@@ -52,9 +53,10 @@ async def sent_message(ledger: SendLedger, provider: str = "twilio") -> tuple[Se
     return record, message_id
 
 
-def delivered(message_id: str, status: ChannelStatus = ChannelStatus.DELIVERED, **extra: object) -> RelayJob:
-    return RelayJob(
-        kind="notification",
+def delivered(
+    message_id: str, status: ChannelStatus = ChannelStatus.DELIVERED, **extra: Any
+) -> NotificationJob:
+    return NotificationJob(
         provider="twilio",
         message_id=message_id,
         status=status,
@@ -110,9 +112,8 @@ async def test_concurrent_duplicates_are_relayed_once(
     await asyncio.gather(*(service.process(delivered(message_id)) for _ in range(4)))
     assert len(dataverse_world.dataverse.notifications) == 1
     # duplicates that found the event claimed were re-queued; when they come back it is done
-    assert (
-        await ledger.claim_relay("twilio", delivered(message_id).event_key, lease_seconds=1)
-    ).state is RelayClaimState.DONE
+    async with ledger.relay_claim("twilio", delivered(message_id).event_key, lease_seconds=1) as claim:
+        assert claim.state is RelayClaimState.DONE
 
 
 async def ambiguous_send(ledger: SendLedger, provider: str) -> SendRecord:
@@ -179,9 +180,8 @@ async def test_rejected_relay_goes_to_the_poison_queue(
     assert poisoned.message_id == message_id and "0x80040265" in (poisoned.last_error or "")
     assert relay_queues.count(relay_queues.jobs) == 0
     # not marked relayed: a replay after the fix can relay it
-    assert (
-        await ledger.claim_relay("twilio", poisoned.event_key, lease_seconds=1)
-    ).state is RelayClaimState.CLAIMED
+    async with ledger.relay_claim("twilio", poisoned.event_key, lease_seconds=1) as claim:
+        assert claim.state is RelayClaimState.CLAIMED
 
 
 async def test_unavailable_dataverse_is_retried_later_then_poisoned(
@@ -203,8 +203,7 @@ async def test_inbound_resolves_the_channel_definition_from_our_number(
     definition = str(uuid.uuid4())
     dataverse_world.dataverse.channel_instances[OUR_NUMBER] = definition
     await service.process(
-        RelayJob(
-            kind="inbound",
+        InboundJob(
             provider="acs",
             message_id="Incoming_1",
             customer=CUSTOMER.lstrip("+"),
@@ -213,8 +212,7 @@ async def test_inbound_resolves_the_channel_definition_from_our_number(
         )
     )
     await service.process(
-        RelayJob(
-            kind="inbound",
+        InboundJob(
             provider="acs",
             message_id="Incoming_2",
             customer=CUSTOMER,
@@ -246,8 +244,7 @@ async def test_dry_run_keeps_the_exact_bodies(ledger: SendLedger, queue: RelayQu
     record, message_id = await sent_message(ledger)
     await service.process(delivered(message_id))
     await service.process(
-        RelayJob(
-            kind="inbound",
+        InboundJob(
             provider="twilio",
             message_id="SMin",
             customer=CUSTOMER,
@@ -281,10 +278,7 @@ async def test_unreadable_queue_message_goes_to_poison(
 ) -> None:
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
     services = Services()
-    app = func.FunctionApp()
-    app.register_functions(relay_blueprint.blueprint(services))
-    [function] = app.get_functions()
-    await function.get_user_function()(msg=func.QueueMessage(id="m1", body=b'{"kind": "nonsense"}'))
+    await app_function(services, "relay")(msg=func.QueueMessage(id="m1", body=b'{"kind": "nonsense"}'))
     await services.aclose()
     [message] = list(relay_queues.poison.peek_messages())
     assert base64.b64decode(message.content) == b'{"kind": "nonsense"}'

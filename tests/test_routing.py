@@ -12,9 +12,9 @@ import azure.functions as func
 import pytest
 from twilio.request_validator import RequestValidator
 
-from blueprints import health, outbound, webhooks
 from core.settings import AppSettings, ConfigurationError, load
 from tests.conftest import CUSTOMER, RelayQueues, payload_json
+from tests.doubles import app_function
 from tests.fakes.azurite import Azurite
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.providers import FakeTwilio
@@ -22,12 +22,6 @@ from usecases.composition import Services
 
 US_SENDER, EU_SENDER, UNROUTED = "+14155550100", "+14155550101", "+14155550102"
 MAIN_SID, EU_SID = "AC" + "1" * 32, "AC" + "2" * 32
-
-
-def function(services: Services, blueprint: func.Blueprint, name: str):  # type: ignore[no-untyped-def]
-    app = func.FunctionApp()
-    app.register_functions(blueprint)
-    return next(f for f in app.get_functions() if f.get_function_name() == name).get_user_function()
 
 
 def test_routes_are_parsed_with_numbers_normalized(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,7 +79,7 @@ async def test_each_sender_goes_through_its_account_and_unrouted_senders_are_not
     routed_env: None, twilio_accounts: dict[str, FakeHttpServer]
 ) -> None:
     services = Services()
-    send = function(services, outbound.blueprint(services), "outbound")
+    send = app_function(services, "outbound")
     answers = {}
     for sender in (US_SENDER, EU_SENDER, UNROUTED):
         body = payload_json(uuid.uuid4(), f"route-{sender[-4:]}")
@@ -104,7 +98,7 @@ async def test_webhooks_are_verified_against_every_account_of_the_provider(
     routed_env: None, tokens: dict[str, str], relay_queues: RelayQueues
 ) -> None:
     services = Services()
-    deliver = function(services, webhooks.blueprint(services), "delivery_reports")
+    deliver = app_function(services, "delivery_reports")
     url = "https://sms.example.org/api/providers/twilio/delivery-reports"
     statuses = []
     for token in (tokens[MAIN_SID], tokens[EU_SID], secrets.token_hex(16)):
@@ -129,7 +123,7 @@ async def test_a_misconfigured_route_is_named(routed_env: None, monkeypatch: pyt
         "SENDER_ROUTES", f"{US_SENDER}=twilio,{EU_SENDER}=twilio:eu,+14155550103=carrierpigeon"
     )
     services = Services()
-    check = function(services, health.blueprint(services), "health")
+    check = app_function(services, "health")
     body = json.loads(
         (await check(func.HttpRequest("GET", "http://localhost/api/health", body=b""))).get_body()
     )

@@ -15,10 +15,10 @@ import azure.functions as func
 import pytest
 from twilio.request_validator import RequestValidator
 
-from blueprints import webhooks
 from channels.simulator import sign_webhook
 from contracts import ChannelStatus
 from tests.conftest import CUSTOMER, OUR_NUMBER, RelayQueues
+from tests.doubles import app_function
 from tests.fakes.azurite import Azurite
 from usecases.composition import Services
 
@@ -69,15 +69,12 @@ def call(
     query: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Any:
-    app = func.FunctionApp()
-    app.register_functions(webhooks.blueprint(services))
     name = "delivery_reports" if kind == "delivery-reports" else "inbound"
-    [function] = [f for f in app.get_functions() if f.get_function_name() == name]
     url = f"http://localhost:7071/api/providers/{provider}/{kind}" + (f"?{urlencode(query)}" if query else "")
     request = func.HttpRequest(
         "POST", url, body=body, headers=headers or {}, params=query or {}, route_params={"provider": provider}
     )
-    return function.get_user_function()(request)
+    return app_function(services, name)(request)
 
 
 # -- Twilio ------------------------------------------------------------------------------------
@@ -527,10 +524,10 @@ def test_plivo_v3_that_fails_is_not_rescued_by_a_valid_v2() -> None:
     from pydantic import SecretStr
 
     from channels.events import WebhookRejected, WebhookRequest
-    from channels.plivo import PlivoChannel, PlivoSettings, plivo_signature_v2
+    from channels.plivo import PlivoAdapter, PlivoSettings, plivo_signature_v2
 
     token = secrets.token_hex(20)
-    channel = PlivoChannel(PlivoSettings(auth_id="MA" + "7" * 18, auth_token=SecretStr(token)))
+    channel = PlivoAdapter(PlivoSettings(auth_id="MA" + "7" * 18, auth_token=SecretStr(token)))
     url = f"{PUBLIC}/api/providers/plivo/delivery-reports"
     nonce = "12345"
     request = WebhookRequest(

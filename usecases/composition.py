@@ -1,7 +1,8 @@
 """The app's long-lived parts, built on first use and kept for the life of the worker process.
 
 Nothing here runs at import time, so a cold start pays only for imports, and a missing setting
-surfaces as a ConfigurationError on the request that needs it (and in /api/health).
+surfaces as a ConfigurationError on the request that needs it (and in /api/health). Every setting
+is read through :func:`core.settings.load`, from the environment.
 """
 
 from __future__ import annotations
@@ -11,40 +12,40 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
 
-from channels.registry import build_channel
+from channels.registry import build_adapter
 from core.settings import AppSettings, ConfigurationError, load
 from dataverse.auth import MsalTokenProvider
 from dataverse.client import DataverseClient, DataverseGateway
 from dataverse.dry_run import DryRunDataverse
 from dataverse.settings import DataverseSettings, IdentitySettings
 from storage.ledger import SendLedger
+from storage.relay_queue import RelayQueue
+from usecases.intake import WebhookIntake
 from usecases.outbound import OutboundService
-from usecases.relay import RelayQueue, RelayService
-from usecases.routing import ChannelBuilder, ChannelRouter
+from usecases.relay import RelayService
+from usecases.routing import AdapterBuilder, ProviderRouter
+
+__all__ = ["Services"]
 
 T = TypeVar("T")
 
 
 class Services:
-    def __init__(
-        self,
-        settings_factory: Callable[[], AppSettings] = lambda: load(AppSettings),
-        *,
-        channel_factory: ChannelBuilder = build_channel,
-    ) -> None:
-        self._settings_factory = settings_factory
-        self._channel_factory = channel_factory
+    def __init__(self, *, adapter_factory: AdapterBuilder = build_adapter) -> None:
+        """``adapter_factory`` builds a provider adapter for (settings, provider, account)."""
+        self._adapter_factory = adapter_factory
         self._settings: AppSettings | None = None
         self._ledger: SendLedger | None = None
-        self._router: ChannelRouter | None = None
+        self._router: ProviderRouter | None = None
         self._outbound: OutboundService | None = None
+        self._intake: WebhookIntake | None = None
         self._dataverse: DataverseGateway | None = None
         self._relay_queue: RelayQueue | None = None
         self._relay: RelayService | None = None
 
     def settings(self) -> AppSettings:
         if self._settings is None:
-            self._settings = self._settings_factory()
+            self._settings = load(AppSettings)
         return self._settings
 
     def ledger(self) -> SendLedger:
@@ -63,9 +64,9 @@ class Services:
                 "AzureWebJobsStorage", "not a storage connection string"
             ) from None
 
-    def router(self) -> ChannelRouter:
+    def router(self) -> ProviderRouter:
         if self._router is None:
-            self._router = ChannelRouter(self.settings(), self._channel_factory)
+            self._router = ProviderRouter(self.settings(), self._adapter_factory)
         return self._router
 
     def outbound(self) -> OutboundService:
@@ -76,7 +77,7 @@ class Services:
             if problems:
                 raise ConfigurationError(problems)
             self._outbound = OutboundService(
-                channel_for=router.for_sender,
+                adapter_for=router.for_sender,
                 ledger=self.ledger(),
                 max_segments=settings.max_segments,
                 send_budget_seconds=settings.send_budget_seconds,
@@ -84,6 +85,18 @@ class Services:
                 default_region=settings.default_region,
             )
         return self._outbound
+
+    def intake(self) -> WebhookIntake:
+        if self._intake is None:
+            settings = self.settings()
+            base = settings.public_base_url
+            self._intake = WebhookIntake(
+                router=self.router(),
+                queue=self.relay_queue(),
+                max_body_bytes=settings.max_body_bytes,
+                public_base_url=str(base) if base else None,
+            )
+        return self._intake
 
     def dataverse(self) -> DataverseGateway:
         if self._dataverse is None:

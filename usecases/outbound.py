@@ -20,7 +20,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from channels.base import SendReceipt, SendRequest, SmsChannel
+from channels.base import ProviderAdapter, SendReceipt, SendRequest
 from channels.errors import (
     AmbiguousSendError,
     NotSentReason,
@@ -30,7 +30,8 @@ from channels.errors import (
 from contracts import ChannelStatus, OutboundPayload
 from core.phones import InvalidPhoneNumber, mask, to_e164
 from core.segments import SegmentCount, count_segments
-from storage.ledger import SendLedger, SendRecord, SendState, StorageUnavailable
+from storage.errors import StorageUnavailable
+from storage.ledger import SendLedger, SendRecord, SendState
 
 __all__ = ["OutboundService", "SendOutcome", "TryAgainLater"]
 
@@ -70,8 +71,7 @@ class OutboundService:
         self,
         *,
         ledger: SendLedger,
-        channel: SmsChannel | None = None,
-        channel_for: Callable[[str], SmsChannel | None] | None = None,
+        adapter_for: Callable[[str], ProviderAdapter | None],
         max_segments: int,
         send_budget_seconds: float,
         provider_timeout_seconds: float = 5.0,
@@ -79,7 +79,7 @@ class OutboundService:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         #: The adapter that sends for a sender (the payload's From); None = no route for it.
-        self.channel_for: Callable[[str], SmsChannel | None] = channel_for or (lambda _sender: channel)
+        self.adapter_for = adapter_for
         self.ledger = ledger
         self.max_segments = max_segments
         self.budget = send_budget_seconds
@@ -91,17 +91,17 @@ class OutboundService:
 
     async def send(self, payload: OutboundPayload) -> SendOutcome | TryAgainLater:
         deadline = time.monotonic() + self.budget
-        channel = self.channel_for(payload.from_)
+        adapter = self.adapter_for(payload.from_)
         text = payload.message.get("text", "")
         count = count_segments(text)
         recipient, rejection = self._validate(payload, count)
-        if channel is None and rejection is None:
+        if adapter is None and rejection is None:
             rejection = _Rejection(NotSentReason.INVALID_SENDER, "SENDER_ROUTES has no route for this From")
         draft = SendRecord(
             channel_definition_id=payload.channel_definition_id,
             request_id=payload.request_id,
             state=SendState.NOT_SENT if rejection else SendState.SENDING,
-            provider=channel.name if channel is not None else "unrouted",
+            provider=adapter.name if adapter is not None else "unrouted",
             sender=payload.from_,
             fingerprint=_fingerprint(payload),
             idempotency_key=uuid.uuid5(
@@ -127,7 +127,7 @@ class OutboundService:
                 if record.state.is_final:
                     return _outcome_of(record)
                 return SendOutcome(ChannelStatus.NOT_SENT, reason=NotSentReason.REQUEST_ID_REUSED.value)
-            decision = await self._resume(record, deadline, owner=draft.owner, channel=channel)
+            decision = await self._resume(record, deadline, owner=draft.owner, adapter=adapter)
             if isinstance(decision, (SendOutcome, TryAgainLater)):
                 return decision
             record = decision  # this request now owns the send
@@ -151,8 +151,8 @@ class OutboundService:
             idempotency_key=record.idempotency_key,
             first_attempt_at=record.first_attempt_at,
         )
-        assert channel is not None  # no route is a rejection, handled above
-        return await self._send_owned(channel, record, request, deadline, context)
+        assert adapter is not None  # no route is a rejection, handled above
+        return await self._send_owned(adapter, record, request, deadline, context)
 
     def _validate(
         self, payload: OutboundPayload, count: SegmentCount
@@ -172,7 +172,7 @@ class OutboundService:
         return recipient, None
 
     async def _resume(
-        self, record: SendRecord, deadline: float, *, owner: str, channel: SmsChannel | None
+        self, record: SendRecord, deadline: float, *, owner: str, adapter: ProviderAdapter | None
     ) -> SendOutcome | TryAgainLater | SendRecord:
         """Decide about a request that an earlier call already claimed.
 
@@ -189,7 +189,7 @@ class OutboundService:
                     owner,
                     idempotency_key=uuid.uuid4(),
                     first_attempt_at=self.ledger.now,
-                    provider=channel.name if channel is not None else record.provider,
+                    provider=adapter.name if adapter is not None else record.provider,
                 )
             elif record.lease_until > now:
                 # another call is sending this very request: wait for its outcome
@@ -197,7 +197,7 @@ class OutboundService:
                     return TryAgainLater(1.0, "a send for this RequestId is in progress")
                 await self._sleep(IN_FLIGHT_POLL_SECONDS)
                 taken = None
-            elif self._can_resend_safely(record, now, channel):
+            elif self._can_resend_safely(record, now, adapter):
                 taken = await self._take_over(record, owner)
             else:
                 # the call that claimed it died mid-send: the provider may have the message
@@ -217,10 +217,10 @@ class OutboundService:
             record = latest
 
     @staticmethod
-    def _can_resend_safely(record: SendRecord, now: datetime, channel: SmsChannel | None) -> bool:
+    def _can_resend_safely(record: SendRecord, now: datetime, adapter: ProviderAdapter | None) -> bool:
         # only through the provider the first attempt used (routes may have changed since)
-        same_provider = channel is not None and channel.name == record.provider
-        window = channel.idempotent_resend_window if channel is not None and same_provider else None
+        same_provider = adapter is not None and adapter.name == record.provider
+        window = adapter.idempotent_resend_window if adapter is not None and same_provider else None
         return window is not None and now - record.first_attempt_at < window
 
     async def _take_over(self, record: SendRecord, owner: str, **changes: Any) -> SendRecord | None:
@@ -233,10 +233,15 @@ class OutboundService:
         )
 
     async def _send_owned(
-        self, channel: SmsChannel, record: SendRecord, request: SendRequest, deadline: float, context: str
+        self,
+        adapter: ProviderAdapter,
+        record: SendRecord,
+        request: SendRequest,
+        deadline: float,
+        context: str,
     ) -> SendOutcome | TryAgainLater:
         try:
-            receipt = await self._send_with_retries(channel, request, deadline)
+            receipt = await self._send_with_retries(adapter, request, deadline)
         except PermanentSendError as exc:
             await self.ledger.replace_if_unchanged(record, state=SendState.NOT_SENT, reason=exc.reason.value)
             log.info("NotSent %s reason=%s: %s", context, exc.reason, exc.detail)
@@ -287,9 +292,9 @@ class OutboundService:
             log.warning("send state of %s was changed by another call while sending", context)
 
     async def _send_with_retries(
-        self, channel: SmsChannel, request: SendRequest, deadline: float
+        self, adapter: ProviderAdapter, request: SendRequest, deadline: float
     ) -> SendReceipt:
-        resend_safe = channel.idempotent_resend_window is not None
+        resend_safe = adapter.idempotent_resend_window is not None
         maybe_sent = False
 
         def retryable(exc: BaseException) -> bool:
@@ -314,7 +319,7 @@ class OutboundService:
             async for attempt in retrying:
                 with attempt:
                     try:
-                        return await channel.send(request)
+                        return await adapter.send(request)
                     except AmbiguousSendError:
                         maybe_sent = True
                         raise

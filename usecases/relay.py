@@ -19,32 +19,22 @@ correlates, builds the contract payload and calls Dataverse. Nothing acknowledge
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
 import hashlib
 import json
 import logging
 import uuid
-from datetime import datetime, timezone
-from typing import Literal
 
-from azure.core.exceptions import AzureError, ResourceExistsError
-from azure.storage.queue import LinearRetry, QueueClient
-from pydantic import BaseModel, ConfigDict, Field
-
-from channels.events import DeliveryEvent, DeliveryOutcome, InboundSms
 from contracts import ChannelStatus, InboundPayload, NotificationDetails, NotificationPayload
 from core.phones import InvalidPhoneNumber, mask, to_e164
 from dataverse.client import DataverseGateway, DataversePermanentError, DataverseTransientError
-from storage.ledger import MessageRecord, RelayClaim, RelayClaimState, SendLedger, StorageUnavailable
+from storage.errors import StorageUnavailable
+from storage.ledger import MessageRecord, RelayClaimState, SendLedger
+from storage.relay_queue import InboundJob, NotificationJob, RelayJob, RelayQueue
 
-__all__ = ["RELAY_QUEUE", "RelayJob", "RelayQueue", "RelayService"]
+__all__ = ["RelayService"]
 
 log = logging.getLogger("sms.relay")
 
-RELAY_QUEUE = "relay-jobs"
-POISON_QUEUE = f"{RELAY_QUEUE}-poison"
 #: Transient failures before a job is poisoned: with delays doubling from 5 s to 30 minutes, about a day.
 MAX_ATTEMPTS = 60
 MAX_DELAY_SECONDS = 1800.0
@@ -55,131 +45,6 @@ UNKNOWN_MESSAGE_DELAY_SECONDS = 20.0
 RELAY_LEASE_SECONDS = 600.0
 #: When a duplicate finds its event claimed, it looks again this much later.
 BUSY_DELAY_SECONDS = 60.0
-MARK_ATTEMPTS = 4
-
-
-class RelayJob(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    kind: Literal["notification", "inbound"]
-    provider: str
-    message_id: str
-    job_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
-    received_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
-    attempt: int = 0
-    last_error: str | None = None
-    # delivery reports
-    status: ChannelStatus | None = None
-    provider_status: str | None = None
-    error_code: str | None = None
-    reason: str | None = None
-    description: str | None = None
-    sender: str | None = None
-    correlation: str | None = None
-    #: A message sent as separately reported parts: how many, and how many were delivered.
-    parts_total: int | None = None
-    parts_delivered: int | None = None
-    # inbound messages
-    customer: str | None = None
-    our_number: str | None = None
-    text: str | None = None
-    #: One part of a concatenated inbound message (reassembled before relaying).
-    concat_ref: str | None = None
-    concat_total: int | None = None
-    concat_part: int | None = None
-    #: Set on a reassembled message: the stored parts to delete once it is relayed.
-    concat_group: str | None = None
-
-    @classmethod
-    def delivery(cls, event: DeliveryEvent) -> RelayJob:
-        assert event.outcome is not DeliveryOutcome.INTERMEDIATE
-        return cls(
-            kind="notification",
-            provider=event.provider,
-            message_id=event.message_id,
-            status=ChannelStatus(event.outcome.value),
-            provider_status=event.provider_status,
-            error_code=event.error_code,
-            reason=event.reason,
-            description=event.description,
-            sender=event.sender,
-            correlation=event.correlation,
-        )
-
-    @classmethod
-    def inbound(cls, message: InboundSms) -> RelayJob:
-        return cls(
-            kind="inbound",
-            provider=message.provider,
-            message_id=message.message_id,
-            customer=message.sender,
-            our_number=message.recipient,
-            text=message.text,
-            concat_ref=message.concat_ref,
-            concat_total=message.concat_total,
-            concat_part=message.concat_part,
-        )
-
-    @property
-    def event_key(self) -> str:
-        """Identity for deduplication: the same provider event relayed twice is the same key."""
-        return f"{self.kind}|{self.message_id}|{self.status.value if self.status else ''}"
-
-    def encode(self) -> str:
-        return base64.b64encode(self.model_dump_json(exclude_none=True).encode("utf-8")).decode("ascii")
-
-    @classmethod
-    def decode(cls, body: bytes) -> RelayJob:
-        return cls.model_validate_json(body)
-
-
-class RelayQueue:
-    """The relay queue and its poison queue (Azure Storage queues, base64 like the Functions host)."""
-
-    def __init__(self, connection_string: str, name: str = RELAY_QUEUE) -> None:
-        # Webhooks wait for the enqueue: fail within about a second rather than the SDK's default
-        # 15-second back-off, so the provider gets its 503 well inside its own timeout.
-        retry = LinearRetry(backoff=1, random_jitter_range=1, retry_total=1)
-        self._queue, self._poison = (
-            QueueClient.from_connection_string(
-                connection_string, queue, connection_timeout=3, read_timeout=5, retry_policy=retry
-            )
-            for queue in (name, f"{name}-poison")
-        )
-        self._ready = False
-
-    async def _run(self, fn: object, *args: object, **kwargs: object) -> None:
-        try:
-            if not self._ready:
-                await asyncio.to_thread(self._create)
-                self._ready = True
-            await asyncio.to_thread(fn, *args, **kwargs)  # type: ignore[arg-type]
-        except AzureError as exc:
-            raise StorageUnavailable(f"queue storage: {type(exc).__name__}") from exc
-
-    def _create(self) -> None:
-        for queue in (self._queue, self._poison):
-            with contextlib.suppress(ResourceExistsError):
-                queue.create_queue()
-
-    async def put(self, job: RelayJob, *, delay: float = 0.0) -> None:
-        await self._run(
-            self._queue.send_message, job.encode(), visibility_timeout=int(delay) or None, time_to_live=-1
-        )
-
-    async def put_many(self, jobs: list[RelayJob]) -> None:
-        await asyncio.gather(*(self.put(job) for job in jobs))
-
-    async def poison(self, job: RelayJob, error: str) -> None:
-        failed = job.model_copy(update={"last_error": error[:500]})
-        await self._run(self._poison.send_message, failed.encode(), time_to_live=-1)
-
-    async def poison_raw(self, body: bytes) -> None:
-        await self._run(self._poison.send_message, base64.b64encode(body).decode("ascii"), time_to_live=-1)
-
-    def close(self) -> None:
-        self._queue.close()
-        self._poison.close()
 
 
 class _Unresolvable(Exception):
@@ -208,38 +73,33 @@ class RelayService:
         # looked up once: a record appearing between two look-ups must not split one decision
         record = (
             await self.ledger.find_message(job.provider, job.message_id)
-            if job.kind == "notification"
+            if isinstance(job, NotificationJob)
             else None
         )
-        whole = await self._whole_message(job, context, record)
+        whole = (
+            await self._whole_notification(job, context, record)
+            if isinstance(job, NotificationJob)
+            else await self._whole_inbound(job, context)
+        )
         if whole is None:
             return
-        job = whole
-        claim = await self.ledger.claim_relay(job.provider, job.event_key, lease_seconds=RELAY_LEASE_SECONDS)
-        if claim.state is RelayClaimState.DONE:
-            log.info("duplicate %s: already relayed", context)
-            return
-        if claim.state is RelayClaimState.BUSY:  # a duplicate is being relayed right now: look again later
-            await self.queue.put(job, delay=BUSY_DELAY_SECONDS)
-            return
-        try:
-            relayed = await self._relay(job, context, record)
-        except BaseException:
-            with contextlib.suppress(StorageUnavailable):
-                await self.ledger.release_relay(job.provider, job.event_key, claim)
-            raise
-        if relayed:
-            await self._mark_relayed(job, context, claim)
-            if job.concat_group:
-                await self.ledger.delete_parts(job.provider, job.concat_group)
-        else:
-            await self.ledger.release_relay(job.provider, job.event_key, claim)
+        async with self.ledger.relay_claim(
+            whole.provider, whole.event_key, lease_seconds=RELAY_LEASE_SECONDS
+        ) as claim:
+            if claim.state is RelayClaimState.DONE:
+                log.info("duplicate %s: already relayed", context)
+            elif claim.state is RelayClaimState.BUSY:  # a duplicate is being relayed: look again later
+                await self.queue.put(whole, delay=BUSY_DELAY_SECONDS)
+            elif await self._relay(whole, context, record):
+                claim.relayed()
+        if claim.is_relayed and isinstance(whole, InboundJob) and whole.concat_group:
+            await self.ledger.delete_parts(whole.provider, whole.concat_group)
 
     async def _relay(self, job: RelayJob, context: str, record: MessageRecord | None) -> bool:
         """Call Dataverse; True once it accepted it. Dataverse's and the job's own failures are
         handled here (poison or a later attempt)."""
         try:
-            if job.kind == "notification":
+            if isinstance(job, NotificationJob):
                 notification = await self._notification(job, context, record)
                 if notification is None:
                     return False
@@ -257,74 +117,54 @@ class RelayService:
             return False
         return True
 
-    async def _mark_relayed(self, job: RelayJob, context: str, claim: RelayClaim) -> None:
-        """Dataverse has it: record that, but never fail the job now (a retry would relay it again)."""
-        for attempt in range(MARK_ATTEMPTS):
-            try:
-                if not await self.ledger.finish_relay(job.provider, job.event_key, claim):
-                    log.warning(
-                        "relayed %s after its claim was taken over; Dataverse may see it twice", context
-                    )
-                return
-            except StorageUnavailable as exc:
-                if attempt + 1 == MARK_ATTEMPTS:
-                    log.error(
-                        "relayed %s but could not record it (%s); a duplicate arriving after %.0fs "
-                        "would be relayed again",
-                        context,
-                        exc,
-                        RELAY_LEASE_SECONDS,
-                    )
-                    return
-                await asyncio.sleep(0.5 * 2**attempt)
+    async def _whole_notification(
+        self, job: NotificationJob, context: str, record: MessageRecord | None
+    ) -> NotificationJob | None:
+        """A message sent as several reported parts relays once for the whole text: NotDelivered
+        as soon as one part fails, Delivered once all are. None while parts are outstanding."""
+        if record is None or record.parts <= 1 or job.parts_total is not None:
+            return job  # single part, unknown, or already aggregated (a re-queued job)
+        outcomes = await self.ledger.add_part(
+            job.provider, record.message_id, job.message_id, job.status.value
+        )
+        delivered = sum(1 for outcome in outcomes.values() if outcome == ChannelStatus.DELIVERED.value)
+        failed = any(outcome == ChannelStatus.NOT_DELIVERED.value for outcome in outcomes.values())
+        if not failed and delivered < record.parts:
+            log.info("%s: %d of %d parts delivered", context, delivered, record.parts)
+            return None
+        status = ChannelStatus.NOT_DELIVERED if failed else ChannelStatus.DELIVERED
+        return job.model_copy(
+            update={
+                "message_id": record.message_id,
+                "status": status,
+                "parts_total": record.parts,
+                "parts_delivered": delivered,
+            }
+        )
 
-    async def _whole_message(
-        self, job: RelayJob, context: str, record: MessageRecord | None
-    ) -> RelayJob | None:
-        """Parts become one message: a multipart delivery report relays once for the whole text
-        (NotDelivered as soon as one part fails, Delivered once all are), a concatenated inbound
-        message once all its parts are in. None while parts are outstanding."""
-        if job.kind == "notification" and job.status is not None:
-            if record is None or record.parts <= 1 or job.parts_total is not None:
-                return job  # single part, unknown, or already aggregated (a re-queued job)
-            await self.ledger.save_part(job.provider, record.message_id, job.message_id, job.status.value)
-            outcomes = await self.ledger.parts(job.provider, record.message_id)
-            delivered = sum(1 for outcome in outcomes.values() if outcome == ChannelStatus.DELIVERED.value)
-            failed = any(outcome == ChannelStatus.NOT_DELIVERED.value for outcome in outcomes.values())
-            if not failed and delivered < record.parts:
-                log.info("%s: %d of %d parts delivered", context, delivered, record.parts)
-                return None
-            status = ChannelStatus.NOT_DELIVERED if failed else ChannelStatus.DELIVERED
-            return job.model_copy(
-                update={
-                    "message_id": record.message_id,
-                    "status": status,
-                    "parts_total": record.parts,
-                    "parts_delivered": delivered,
-                }
-            )
-        if job.kind == "inbound" and job.concat_total and job.concat_total > 1 and job.concat_ref:
-            group = f"concat|{job.customer}|{job.our_number}|{job.concat_ref}|{job.concat_total}"
-            part = json.dumps({"id": job.message_id, "text": job.text or ""})
-            await self.ledger.save_part(job.provider, group, f"{job.concat_part or 0:04d}", part)
-            stored = await self.ledger.parts(job.provider, group)
-            if len(stored) < job.concat_total:
-                log.info("%s: %d of %d parts received", context, len(stored), job.concat_total)
-                return None
-            parts = [json.loads(stored[key]) for key in sorted(stored)]
-            # the parts' own ids identify the message: concat references are reused by carriers
-            identity = hashlib.sha256("|".join(p["id"] for p in parts).encode()).hexdigest()[:32]
-            return job.model_copy(
-                update={
-                    "message_id": f"concat-{identity}",
-                    "text": "".join(p["text"] for p in parts),
-                    "concat_ref": None,
-                    "concat_total": None,
-                    "concat_part": None,
-                    "concat_group": group,
-                }
-            )
-        return job
+    async def _whole_inbound(self, job: InboundJob, context: str) -> InboundJob | None:
+        """A concatenated inbound message relays once, when all its parts are in."""
+        if not (job.concat_total and job.concat_total > 1 and job.concat_ref):
+            return job
+        group = f"concat|{job.customer}|{job.our_number}|{job.concat_ref}|{job.concat_total}"
+        part = json.dumps({"id": job.message_id, "text": job.text})
+        stored = await self.ledger.add_part(job.provider, group, f"{job.concat_part or 0:04d}", part)
+        if len(stored) < job.concat_total:
+            log.info("%s: %d of %d parts received", context, len(stored), job.concat_total)
+            return None
+        parts = [json.loads(stored[key]) for key in sorted(stored)]
+        # the parts' own ids identify the message: concat references are reused by carriers
+        identity = hashlib.sha256("|".join(p["id"] for p in parts).encode()).hexdigest()[:32]
+        return job.model_copy(
+            update={
+                "message_id": f"concat-{identity}",
+                "text": "".join(p["text"] for p in parts),
+                "concat_ref": None,
+                "concat_total": None,
+                "concat_part": None,
+                "concat_group": group,
+            }
+        )
 
     async def _later(self, job: RelayJob, context: str, retry_after: float | None, error: str) -> None:
         attempt = job.attempt + 1
@@ -339,9 +179,8 @@ class RelayService:
         )
 
     async def _notification(
-        self, job: RelayJob, context: str, record: MessageRecord | None
+        self, job: NotificationJob, context: str, record: MessageRecord | None
     ) -> NotificationPayload | None:
-        assert job.status is not None
         echoed = await self._echoed_send(job) if record is None else None
         if record is not None:
             channel_definition_id, request_id, sender = (
@@ -385,7 +224,7 @@ class RelayService:
             details=details,
         )
 
-    async def _echoed_send(self, job: RelayJob) -> tuple[uuid.UUID, str, str] | None:
+    async def _echoed_send(self, job: NotificationJob) -> tuple[uuid.UUID, str, str] | None:
         """The request named by the reference the provider echoed, if this provider sent it."""
         echoed = _correlation(job.correlation)
         if echoed is None:
@@ -395,7 +234,7 @@ class RelayService:
             return None  # a reference to another provider's send is not taken from this one
         return send.channel_definition_id, send.request_id, send.sender
 
-    async def _inbound(self, job: RelayJob) -> InboundPayload:
+    async def _inbound(self, job: InboundJob) -> InboundPayload:
         our_number, customer = _e164(job.our_number), _e164(job.customer)
         if not our_number or not customer:
             raise _Unresolvable("inbound message without both numbers")
@@ -407,7 +246,7 @@ class RelayService:
             to=our_number,
             from_=customer,
             organization_id=await self.dataverse.organization_id(),
-            message={"text": job.text or ""},
+            message={"text": job.text},
         )
 
 

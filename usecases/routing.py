@@ -1,6 +1,6 @@
 """Which adapter, with which account's settings, serves a sender or a provider's webhooks.
 
-With SENDER_ROUTES unset every sender goes through SMS_PROVIDER. With it, each channel-instance
+With SENDER_ROUTES unset every sender goes through SMS_PROVIDER. With it, each adapter-instance
 sender (the outbound payload's From) names its provider and optional account
 (``+14155550100=twilio,+14155550101=twilio:eu,ContosoInfo=vonage``); account ``eu`` reads
 ``TWILIO_EU_*`` instead of ``TWILIO_*``. A sender with no route is not sent (NotSent, InvalidSender).
@@ -11,47 +11,47 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from channels.base import SmsChannel
-from channels.registry import build_channel
+from channels.base import ProviderAdapter
+from channels.registry import build_adapter
 from core.settings import AppSettings, ConfigurationError, SettingProblem, sender_key
 
-ChannelBuilder = Callable[[AppSettings, str | None, str | None], SmsChannel]
+AdapterBuilder = Callable[[AppSettings, str | None, str | None], ProviderAdapter]
 
 
-class ChannelRouter:
-    def __init__(self, settings: AppSettings, build: ChannelBuilder = build_channel) -> None:
+class ProviderRouter:
+    def __init__(self, settings: AppSettings, build: AdapterBuilder = build_adapter) -> None:
         self.settings = settings
         self._build = build
-        self._channels: dict[tuple[str, str | None], SmsChannel] = {}
+        self._adapters: dict[tuple[str, str | None], ProviderAdapter] = {}
 
-    def _channel(self, provider: str | None, account: str | None) -> SmsChannel:
+    def _adapter(self, provider: str | None, account: str | None) -> ProviderAdapter:
         """``provider`` None: SMS_PROVIDER's (so a bad value is reported under that setting's name)."""
         key = (provider or self.default_provider, account)
-        if key not in self._channels:
-            self._channels[key] = self._build(self.settings, provider, account)
-        return self._channels[key]
+        if key not in self._adapters:
+            self._adapters[key] = self._build(self.settings, provider, account)
+        return self._adapters[key]
 
     @property
     def default_provider(self) -> str:
         return self.settings.sms_provider.strip().lower()
 
-    def for_sender(self, sender: str) -> SmsChannel | None:
+    def for_sender(self, sender: str) -> ProviderAdapter | None:
         """The adapter that sends for ``sender``; None when routes are set and none matches."""
         routes = self.settings.sender_routes
         if not routes:
-            return self._channel(None, None)
+            return self._adapter(None, None)
         route = routes.get(sender_key(sender))
-        return self._channel(*route) if route is not None else None
+        return self._adapter(*route) if route is not None else None
 
-    def for_webhooks(self, provider: str) -> list[SmsChannel]:
+    def for_webhooks(self, provider: str) -> list[ProviderAdapter]:
         """Every account's adapter of ``provider``, if the app sends through it: the providers in
         SENDER_ROUTES, or SMS_PROVIDER without routes. Empty for any other provider, so that
         credentials left in the settings of a provider not in use open no webhook."""
         routes = self.settings.sender_routes
         if not routes:
-            return [self._channel(None, None)] if provider == self.default_provider else []
+            return [self._adapter(None, None)] if provider == self.default_provider else []
         accounts = {account for routed, account in routes.values() if routed == provider}
-        return [self._channel(provider, account) for account in sorted(accounts, key=lambda a: a or "")]
+        return [self._adapter(provider, account) for account in sorted(accounts, key=lambda a: a or "")]
 
     def check(self) -> list[SettingProblem]:
         """Build every routed adapter (or the single SMS_PROVIDER one); return what is misconfigured."""
@@ -61,11 +61,11 @@ class ChannelRouter:
         problems: list[SettingProblem] = []
         for provider, account in sorted(targets, key=lambda t: (t[0] or "", t[1] or "")):
             try:
-                self._channel(provider, account)
+                self._adapter(provider, account)
             except ConfigurationError as exc:
                 problems.extend(p for p in exc.problems if p not in problems)
         return problems
 
     async def aclose(self) -> None:
-        for channel in self._channels.values():
-            await channel.aclose()
+        for adapter in self._adapters.values():
+            await adapter.aclose()

@@ -1,0 +1,149 @@
+"""The relay queue and the jobs on it: one per delivery report or inbound message to relay.
+
+A job is either a :class:`NotificationJob` (a final delivery status, for
+``msdyn_D365ChannelsNotification``) or an :class:`InboundJob` (a customer's message, for
+``msdyn_D365ChannelsInbound``), told apart by ``kind``. Messages are base64 JSON, as the Functions
+host's queue trigger reads them; jobs queued by an earlier version decode unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.storage.queue import LinearRetry, QueueClient
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from contracts import ChannelStatus
+from storage.errors import StorageUnavailable
+
+__all__ = [
+    "POISON_QUEUE",
+    "RELAY_QUEUE",
+    "InboundJob",
+    "NotificationJob",
+    "RelayJob",
+    "RelayQueue",
+    "decode_job",
+]
+
+RELAY_QUEUE = "relay-jobs"
+POISON_QUEUE = f"{RELAY_QUEUE}-poison"
+
+
+class _Job(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    provider: str
+    message_id: str
+    job_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    received_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    attempt: int = 0
+    last_error: str | None = None
+
+    def encode(self) -> str:
+        return base64.b64encode(self.model_dump_json(exclude_none=True).encode("utf-8")).decode("ascii")
+
+
+class NotificationJob(_Job):
+    kind: Literal["notification"] = "notification"
+    status: ChannelStatus
+    #: The provider's own status and error code, kept for StatusDetails.
+    provider_status: str
+    error_code: str | None = None
+    #: Normalized failure reason and its description, for Details {Reason, Message}.
+    reason: str | None = None
+    description: str | None = None
+    #: Our sender number as the provider reports it.
+    sender: str | None = None
+    #: "<ChannelDefinitionId>/<RequestId>" when the provider echoes what we sent with the message.
+    correlation: str | None = None
+    #: A message sent as separately reported parts: how many, and how many were delivered.
+    parts_total: int | None = None
+    parts_delivered: int | None = None
+
+    @property
+    def event_key(self) -> str:
+        """Identity for deduplication: the same provider event relayed twice is the same key."""
+        return f"notification|{self.message_id}|{self.status.value}"
+
+
+class InboundJob(_Job):
+    kind: Literal["inbound"] = "inbound"
+    #: The customer's number, and ours (the channel instance's contact point).
+    customer: str
+    our_number: str
+    text: str
+    #: One part of a concatenated inbound message (reassembled before relaying).
+    concat_ref: str | None = None
+    concat_total: int | None = None
+    concat_part: int | None = None
+    #: Set on a reassembled message: the stored parts to delete once it is relayed.
+    concat_group: str | None = None
+
+    @property
+    def event_key(self) -> str:
+        return f"inbound|{self.message_id}|"
+
+
+RelayJob = Annotated[NotificationJob | InboundJob, Field(discriminator="kind")]
+_JOB: TypeAdapter[RelayJob] = TypeAdapter(RelayJob)
+
+
+def decode_job(body: bytes) -> RelayJob:
+    """The job in a queue message's (decoded) body; pydantic's ValidationError if it is none."""
+    return _JOB.validate_json(body)
+
+
+class RelayQueue:
+    """The relay queue and its poison queue (Azure Storage queues, base64 like the Functions host)."""
+
+    def __init__(self, connection_string: str, name: str = RELAY_QUEUE) -> None:
+        # Webhooks wait for the enqueue: fail within about a second rather than the SDK's default
+        # 15-second back-off, so the provider gets its 503 well inside its own timeout.
+        retry = LinearRetry(backoff=1, random_jitter_range=1, retry_total=1)
+        self._queue, self._poison = (
+            QueueClient.from_connection_string(
+                connection_string, queue, connection_timeout=3, read_timeout=5, retry_policy=retry
+            )
+            for queue in (name, f"{name}-poison")
+        )
+        self._ready = False
+
+    async def _run(self, fn: object, *args: object, **kwargs: object) -> None:
+        try:
+            if not self._ready:
+                await asyncio.to_thread(self._create)
+                self._ready = True
+            await asyncio.to_thread(fn, *args, **kwargs)  # type: ignore[arg-type]
+        except AzureError as exc:
+            raise StorageUnavailable(f"queue storage: {type(exc).__name__}") from exc
+
+    def _create(self) -> None:
+        for queue in (self._queue, self._poison):
+            with contextlib.suppress(ResourceExistsError):
+                queue.create_queue()
+
+    async def put(self, job: RelayJob, *, delay: float = 0.0) -> None:
+        await self._run(
+            self._queue.send_message, job.encode(), visibility_timeout=int(delay) or None, time_to_live=-1
+        )
+
+    async def put_many(self, jobs: list[RelayJob]) -> None:
+        await asyncio.gather(*(self.put(job) for job in jobs))
+
+    async def poison(self, job: RelayJob, error: str) -> None:
+        failed = job.model_copy(update={"last_error": error[:500]})
+        await self._run(self._poison.send_message, failed.encode(), time_to_live=-1)
+
+    async def poison_raw(self, body: bytes) -> None:
+        await self._run(self._poison.send_message, base64.b64encode(body).decode("ascii"), time_to_live=-1)
+
+    def close(self) -> None:
+        self._queue.close()
+        self._poison.close()

@@ -1,0 +1,164 @@
+"""Webhook intake: verify → parse → keep final events → build relay jobs → queue → acknowledge.
+
+Verification comes before anything else; the Dataverse round trip happens later, from the relay
+queue, so providers get their answer in milliseconds and Dataverse throttling never turns into
+provider retry storms. Every refusal is an exception the HTTP layer answers from one table:
+
+    UnknownProvider       no adapter of the app serves this provider
+    PayloadTooLarge       the body is over the limit for webhooks
+    WebhookRejected       not provably from the provider (401 missing, 403 wrong or stale)
+    InvalidWebhook        authentic but unreadable
+    StorageUnavailable    the relay queue did not take the jobs: the provider should retry
+    ConfigurationError    the app's settings are broken: the provider should retry
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from urllib.parse import urlsplit
+
+from channels.base import ProviderAdapter
+from channels.events import (
+    DeliveryEvent,
+    DeliveryOutcome,
+    InboundSms,
+    InvalidWebhook,
+    ParsedWebhook,
+    WebhookAck,
+    WebhookKind,
+    WebhookRejected,
+    WebhookRequest,
+)
+from contracts import ChannelStatus
+from storage.relay_queue import InboundJob, NotificationJob, RelayJob, RelayQueue
+from usecases.routing import ProviderRouter
+
+__all__ = [
+    # the webhook vocabulary the HTTP layer translates from and to
+    "InvalidWebhook",
+    "PayloadTooLarge",
+    "UnknownProvider",
+    "WebhookAck",
+    "WebhookIntake",
+    "WebhookKind",
+    "WebhookRejected",
+    "WebhookRequest",
+    "relay_jobs",
+]
+
+log = logging.getLogger("sms.webhooks")
+
+
+class UnknownProvider(LookupError):
+    """No adapter of this app serves the provider named in the route."""
+
+
+class PayloadTooLarge(ValueError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the body is {size} bytes; the limit for webhooks is {limit} (MAX_BODY_BYTES)")
+
+
+class WebhookIntake:
+    def __init__(
+        self,
+        *,
+        router: ProviderRouter,
+        queue: RelayQueue,
+        max_body_bytes: int,
+        public_base_url: str | None = None,
+    ) -> None:
+        self.router = router
+        self.queue = queue
+        self.max_body_bytes = max_body_bytes
+        self.public_base_url = public_base_url
+
+    async def receive(self, provider: str, kind: WebhookKind, request: WebhookRequest) -> WebhookAck:
+        """Queue what the webhook reports and return the answer its provider expects."""
+        candidates = self.router.for_webhooks(provider)
+        if not candidates:
+            raise UnknownProvider(provider)
+        if len(request.body) > self.max_body_bytes:
+            raise PayloadTooLarge(len(request.body), self.max_body_bytes)
+        request = self._as_published(request)
+        adapter = authenticated_by(candidates, request)
+        parsed = (
+            adapter.parse_delivery_reports(request)
+            if kind == "delivery-reports"
+            else adapter.parse_inbound(request)
+        )
+        if parsed.handshake is not None:
+            log.info("%s %s webhook: subscription validation answered", provider, kind)
+            return parsed.handshake
+        await self.queue.put_many(relay_jobs(parsed))
+        _log_queued(provider, parsed)
+        return adapter.acknowledge(kind)
+
+    def _as_published(self, request: WebhookRequest) -> WebhookRequest:
+        """The URL the provider called (and signed), rebuilt from PUBLIC_BASE_URL: proxies change it."""
+        if not self.public_base_url:
+            return request
+        parts = urlsplit(request.public_url)
+        url = self.public_base_url.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
+        return dataclasses.replace(request, public_url=url)
+
+
+def authenticated_by(candidates: list[ProviderAdapter], request: WebhookRequest) -> ProviderAdapter:
+    """The account (adapter) whose credentials the request was signed with; the first refusal if none."""
+    first: WebhookRejected | None = None
+    for adapter in candidates:
+        try:
+            adapter.verify_webhook(request)
+            return adapter
+        except WebhookRejected as rejected:
+            first = first or rejected
+    assert first is not None
+    raise first
+
+
+def relay_jobs(parsed: ParsedWebhook) -> list[RelayJob]:
+    """One job per final delivery status and per inbound message; intermediates are not relayed."""
+    jobs: list[RelayJob] = [notification_job(e) for e in parsed.delivery_events if e.outcome.is_final]
+    jobs += [inbound_job(message) for message in parsed.inbound]
+    return jobs
+
+
+def notification_job(event: DeliveryEvent) -> NotificationJob:
+    assert event.outcome is not DeliveryOutcome.INTERMEDIATE
+    return NotificationJob(
+        provider=event.provider,
+        message_id=event.message_id,
+        status=ChannelStatus(event.outcome.value),
+        provider_status=event.provider_status,
+        error_code=event.error_code,
+        reason=event.reason,
+        description=event.description,
+        sender=event.sender,
+        correlation=event.correlation,
+    )
+
+
+def inbound_job(message: InboundSms) -> InboundJob:
+    return InboundJob(
+        provider=message.provider,
+        message_id=message.message_id,
+        customer=message.sender,
+        our_number=message.recipient,
+        text=message.text,
+        concat_ref=message.concat_ref,
+        concat_total=message.concat_total,
+        concat_part=message.concat_part,
+    )
+
+
+def _log_queued(provider: str, parsed: ParsedWebhook) -> None:
+    for event in parsed.delivery_events:
+        log.info(
+            "%s delivery report MessageId=%s status=%s %s",
+            provider,
+            event.message_id,
+            event.provider_status,
+            "queued" if event.outcome.is_final else "(intermediate, not relayed)",
+        )
+    for message in parsed.inbound:
+        log.info("%s inbound MessageId=%s queued", provider, message.message_id)
