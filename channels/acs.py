@@ -16,6 +16,16 @@ Per-recipient results (``value[0]``) and top-level answers:
 | HTTP 412 (repeatability window passed)   | ambiguous: the first attempt may have sent |
 | HTTP 429 / 503                           | transient, Retry-After honoured          |
 | HTTP 500 / 502 / 504                     | ambiguous: re-sent with the same repeatability id |
+
+Delivery reports arrive through an Event Grid subscription (``SMSDeliveryReportReceived``), whose
+endpoint URL the operator sets (with ``?secret=``); ACS is not told a callback URL per message.
+``deliveryStatus`` is ``Delivered`` (-> Delivered) or ``Failed`` (-> NotDelivered): "Possible values
+for DeliveryStatus are Delivered and Failed" (Microsoft Learn, event-grid/
+communication-services-telephony-sms-events; the SDKs' enum has these two). ACS publishes final
+reports only, so no status is intermediate; any other value is logged and taken as intermediate.
+Unverified: ``deliveryStatusDetails`` is free text with no documented list of values (the samples
+show "No error."); it becomes Details.Message as sent, and a text containing "expir" is read as
+reason Expired (every other failure is Unknown).
 """
 
 from __future__ import annotations
@@ -55,14 +65,24 @@ from channels.events import (
     WebhookRequest,
 )
 from channels.signatures import same
+from channels.tables import ProviderTables, classify_delivery, log_unknown_status, send_failure_reason
 from core.settings import AppSettings, load
+
+TABLES = ProviderTables(
+    # deliveryStatus, lower-cased
+    final_statuses={"delivered": DeliveryOutcome.DELIVERED, "failed": DeliveryOutcome.NOT_DELIVERED},
+    intermediate_statuses=frozenset(),
+    # no error code is reported: keyed by what deliveryStatusDetails says (see _details_key)
+    delivery_failures={"expired": (DeliveryFailure.EXPIRED, "Expired")},
+    fallback_description=None,  # deliveryStatusDetails is the description
+    # the per-recipient result's httpStatusCode (429 and 5xx are transient)
+    send_failures={"400": NotSentReason.INVALID_RECIPIENT},
+)
 
 API_VERSION = "2021-03-07"
 VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
 DELIVERY_REPORT_EVENT = "Microsoft.Communication.SMSDeliveryReportReceived"
 SMS_RECEIVED_EVENT = "Microsoft.Communication.SMSReceived"
-#: deliveryStatus ("Delivered" or "Failed"; ACS publishes final reports only).
-DELIVERY_OUTCOMES = {"delivered": DeliveryOutcome.DELIVERED, "failed": DeliveryOutcome.NOT_DELIVERED}
 ACS_RESOURCE = "https://communication.azure.com"
 
 
@@ -169,6 +189,7 @@ class AcsAdapter:
     name: ClassVar[str] = "acs"
     #: ACS tracks repeatable requests for 5 minutes; keep a margin for clock skew.
     idempotent_resend_window: ClassVar[timedelta | None] = timedelta(minutes=4)
+    tables: ClassVar[ProviderTables] = TABLES
 
     def __init__(
         self,
@@ -290,22 +311,24 @@ def _folded(value: Any) -> dict[str, Any]:
     return {str(k).lower(): v for k, v in value.items()} if isinstance(value, dict) else {}
 
 
+def _details_key(details: str | None) -> str | None:
+    """The delivery_failures key of a deliveryStatusDetails text (unverified: no documented values)."""
+    return "expired" if details and "expir" in details.lower() else None
+
+
 def _delivery_event(message_id: str, data: dict[str, Any]) -> DeliveryEvent:
     status = str(data.get("deliverystatus", ""))
-    outcome = DELIVERY_OUTCOMES.get(status.lower(), DeliveryOutcome.INTERMEDIATE)
     details = str(data.get("deliverystatusdetails") or "") or None
-    reason = None
-    if outcome is DeliveryOutcome.NOT_DELIVERED:
-        reason = (
-            DeliveryFailure.EXPIRED if details and "expir" in details.lower() else DeliveryFailure.UNKNOWN
-        )
+    verdict = classify_delivery(TABLES, status.lower(), _details_key(details), detail=details)
+    if not verdict.known:
+        log_unknown_status(AcsAdapter.name, status, message_id)
     return DeliveryEvent(
         provider="acs",
         message_id=message_id,
-        outcome=outcome,
+        outcome=verdict.outcome,
         provider_status=status,
-        reason=reason,
-        description=details if outcome is DeliveryOutcome.NOT_DELIVERED else None,
+        reason=verdict.reason,
+        description=verdict.description,
         sender=str(data.get("from")) if data.get("from") else None,
         correlation=str(data.get("tag")) if data.get("tag") else None,
     )
@@ -324,8 +347,11 @@ def _recipient_result(response: httpx.Response) -> SendReceipt:
         status = 0
     if status == 429 or status >= 500:
         raise TransientSendError(f"acs: recipient result HTTP {status}", provider_code=str(status))
-    reason = NotSentReason.INVALID_RECIPIENT if status == 400 else NotSentReason.PROVIDER_REJECTED
-    raise PermanentSendError(reason, f"acs: recipient refused (HTTP {status})", provider_code=str(status))
+    raise PermanentSendError(
+        send_failure_reason(TABLES, status),
+        f"acs: recipient refused (HTTP {status})",
+        provider_code=str(status),
+    )
 
 
 def _failure(response: httpx.Response) -> Exception:

@@ -1,9 +1,10 @@
 """The provider adapter seam.
 
 An adapter is one module in ``channels/`` holding, top to bottom: the provider's status and error
-tables, its settings, and a class implementing :class:`ProviderAdapter`. It is registered with one line
-in ``channels/registry.py``. Webhook verification and parsing of delivery reports and inbound
-messages belong to the same class (they share the provider's credentials and vocabulary).
+tables (``TABLES``, a :class:`channels.tables.ProviderTables`), its settings, and a class implementing
+:class:`ProviderAdapter`. It is registered with one line in ``channels/registry.py``. Webhook
+verification and parsing of delivery reports and inbound messages belong to the same class (they
+share the provider's credentials and vocabulary).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 
 from channels.errors import AmbiguousSendError, TransientSendError
 from channels.events import ParsedWebhook, WebhookAck, WebhookKind, WebhookRequest
+from channels.tables import ProviderTables
 from core.retry_after import parse_retry_after
 
 __all__ = [
@@ -64,6 +66,8 @@ class ProviderAdapter(Protocol):
     #: the provider; None when the provider has no such guarantee (then a re-send after an
     #: ambiguous outcome could deliver twice, so it never happens).
     idempotent_resend_window: ClassVar[timedelta | None]
+    #: The provider's status and error tables (the module's ``TABLES``).
+    tables: ClassVar[ProviderTables]
 
     async def send(self, request: SendRequest) -> SendReceipt:
         """Hand one message to the provider or raise a :mod:`channels.errors` exception."""

@@ -17,6 +17,8 @@ from contracts import ChannelStatus
 from core.enums import StrEnum
 
 __all__ = [
+    "ROUTE_PREFIX",
+    "WEBHOOK_ROUTE",
     "DeliveryEvent",
     "DeliveryFailure",
     "DeliveryOutcome",
@@ -27,10 +29,27 @@ __all__ = [
     "WebhookKind",
     "WebhookRejected",
     "WebhookRequest",
+    "webhook_path",
+    "webhook_route",
 ]
 
 
 WebhookKind = Literal["delivery-reports", "inbound"]
+
+#: The Functions HTTP route of provider webhooks, served under ROUTE_PREFIX.
+WEBHOOK_ROUTE = "providers/{provider}/{kind}"
+#: The host's HTTP routePrefix (host.json ``extensions.http.routePrefix``).
+ROUTE_PREFIX = "api"
+
+
+def webhook_route(kind: WebhookKind) -> str:
+    """The route template of one kind of webhook, e.g. ``providers/{provider}/inbound``."""
+    return WEBHOOK_ROUTE.format(provider="{provider}", kind=kind)
+
+
+def webhook_path(provider: str, kind: WebhookKind) -> str:
+    """The URL path a provider calls, e.g. ``/api/providers/twilio/delivery-reports``."""
+    return f"/{ROUTE_PREFIX}/" + WEBHOOK_ROUTE.format(provider=provider, kind=kind)
 
 
 class WebhookRejected(Exception):

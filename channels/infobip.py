@@ -47,23 +47,37 @@ from channels.events import (
     WebhookKind,
     WebhookRejected,
     WebhookRequest,
+    webhook_path,
 )
 from channels.signatures import same
+from channels.tables import ProviderTables, classify_delivery, log_unknown_status, send_failure_reason
 from core.settings import AppSettings, load
 
-DELIVERY_OUTCOMES: dict[str, tuple[DeliveryOutcome, DeliveryFailure | None]] = {
-    "DELIVERED": (DeliveryOutcome.DELIVERED, None),
-    "UNDELIVERABLE": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.UNREACHABLE),
-    "EXPIRED": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.EXPIRED),
-    "REJECTED": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.BLOCKED),
-}
-SEND_REJECTIONS: dict[str, NotSentReason] = {
-    "REJECTED_DESTINATION": NotSentReason.INVALID_RECIPIENT,
-    "REJECTED_INVALID_DESTINATION": NotSentReason.INVALID_RECIPIENT,
-    "REJECTED_SOURCE": NotSentReason.INVALID_SENDER,
-}
-TRANSIENT_REJECTIONS = {"REJECTED_NOT_ENOUGH_CREDITS"}
-DELIVERY_REPORT_PATH = "/api/providers/infobip/delivery-reports"
+TABLES = ProviderTables(
+    # status.groupName, upper-cased
+    final_statuses={
+        "DELIVERED": DeliveryOutcome.DELIVERED,
+        "UNDELIVERABLE": DeliveryOutcome.NOT_DELIVERED,
+        "EXPIRED": DeliveryOutcome.NOT_DELIVERED,
+        "REJECTED": DeliveryOutcome.NOT_DELIVERED,
+    },
+    intermediate_statuses=frozenset({"PENDING"}),
+    delivery_failures={},  # the report's error gives the description; the group gives the reason
+    failure_by_status={
+        "UNDELIVERABLE": DeliveryFailure.UNREACHABLE,
+        "EXPIRED": DeliveryFailure.EXPIRED,
+        "REJECTED": DeliveryFailure.BLOCKED,
+    },
+    fallback_description=None,  # without the report's own description, the relay writes one
+    # messages[0].status.name of a REJECTED send
+    send_failures={
+        "REJECTED_DESTINATION": NotSentReason.INVALID_RECIPIENT,
+        "REJECTED_INVALID_DESTINATION": NotSentReason.INVALID_RECIPIENT,
+        "REJECTED_SOURCE": NotSentReason.INVALID_SENDER,
+    },
+)
+#: messages[0].status.name values that refuse a send only for now.
+TRANSIENT_SEND_FAILURES = frozenset({"REJECTED_NOT_ENOUGH_CREDITS"})
 
 
 class InfobipSettings(BaseSettings):
@@ -80,6 +94,7 @@ class InfobipSettings(BaseSettings):
 class InfobipAdapter:
     name: ClassVar[str] = "infobip"
     idempotent_resend_window: ClassVar[timedelta | None] = None
+    tables: ClassVar[ProviderTables] = TABLES
 
     def __init__(
         self, settings: InfobipSettings, *, delivery_report_url: str | None = None, timeout: float = 5.0
@@ -96,7 +111,7 @@ class InfobipAdapter:
     def from_settings(cls, app: AppSettings, account: str | None = None) -> InfobipAdapter:
         return cls(
             load(InfobipSettings, account=account),
-            delivery_report_url=app.callback_url(DELIVERY_REPORT_PATH),
+            delivery_report_url=app.callback_url(webhook_path(cls.name, "delivery-reports")),
             timeout=app.provider_timeout_seconds,
         )
 
@@ -131,11 +146,12 @@ class InfobipAdapter:
             if not result.get("messageId"):  # accepted, but we cannot tell which message it is
                 raise AmbiguousSendError(f"infobip: {name or group or 'accepted'} without a messageId")
             return SendReceipt(message_id=str(result["messageId"]), provider_status=name or group)
-        if name in TRANSIENT_REJECTIONS:
+        if name in TRANSIENT_SEND_FAILURES:
             raise TransientSendError(f"infobip: {name}", provider_code=name)
-        reason = SEND_REJECTIONS.get(name, NotSentReason.PROVIDER_REJECTED)
         raise PermanentSendError(
-            reason, f"infobip: refused ({name or group or 'no status'})", provider_code=name
+            send_failure_reason(TABLES, name),
+            f"infobip: refused ({name or group or 'no status'})",
+            provider_code=name,
         )
 
     async def aclose(self) -> None:
@@ -162,19 +178,22 @@ class InfobipAdapter:
             if not message_id or not isinstance(status, dict):
                 raise InvalidWebhook("report without messageId or status")
             group = str(status.get("groupName", "")).upper()
-            outcome, reason = DELIVERY_OUTCOMES.get(group, (DeliveryOutcome.INTERMEDIATE, None))
             raw_error = result.get("error")
             error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
-            description = (error.get("description") or status.get("description")) if reason else None
+            error_code = str(error["id"]) if error.get("id") else None
+            detail = error.get("description") or status.get("description")
+            verdict = classify_delivery(TABLES, group, error_code, detail=str(detail) if detail else None)
+            if not verdict.known:
+                log_unknown_status(self.name, group, str(message_id))
             events.append(
                 DeliveryEvent(
                     provider=self.name,
                     message_id=str(message_id),
-                    outcome=outcome,
+                    outcome=verdict.outcome,
                     provider_status=str(status.get("name") or group),
-                    error_code=str(error["id"]) if error.get("id") else None,
-                    reason=reason,
-                    description=str(description) if description else None,
+                    error_code=error_code,
+                    reason=verdict.reason,
+                    description=verdict.description,
                     sender=str(result["from"]) if result.get("from") else None,
                     correlation=str(result["callbackData"]) if result.get("callbackData") else None,
                 )

@@ -48,27 +48,36 @@ from channels.events import (
     WebhookKind,
     WebhookRejected,
     WebhookRequest,
+    webhook_path,
 )
 from channels.signatures import hmac_sha256_base64, same
+from channels.tables import ProviderTables, classify_delivery, log_unknown_status
 from core.settings import AppSettings, load
 
-DELIVERY_OUTCOMES: dict[str, DeliveryOutcome] = {
-    "delivered": DeliveryOutcome.DELIVERED,
-    "undelivered": DeliveryOutcome.NOT_DELIVERED,
-    "failed": DeliveryOutcome.NOT_DELIVERED,
-    "rejected": DeliveryOutcome.NOT_DELIVERED,
-}
-DELIVERY_FAILURES: dict[str, tuple[DeliveryFailure, str]] = {
-    "30": (DeliveryFailure.FILTERED, "Spam detected"),
-    "50": (DeliveryFailure.UNKNOWN_NUMBER, "Invalid destination number"),
-    "70": (DeliveryFailure.UNREACHABLE, "Destination permanently unavailable"),
-    "80": (DeliveryFailure.UNREACHABLE, "Destination temporarily unavailable"),
-    "90": (DeliveryFailure.UNREACHABLE, "No route available"),
-    "100": (DeliveryFailure.BLOCKED, "Prohibited by carrier"),
-    "200": (DeliveryFailure.OPTED_OUT, "Recipient sent STOP"),
-    "420": (DeliveryFailure.EXPIRED, "Message expired"),
-}
-DELIVERY_REPORT_PATH = "/api/providers/plivo/delivery-reports"
+TABLES = ProviderTables(
+    # Status, lower-cased
+    final_statuses={
+        "delivered": DeliveryOutcome.DELIVERED,
+        "undelivered": DeliveryOutcome.NOT_DELIVERED,
+        "failed": DeliveryOutcome.NOT_DELIVERED,
+        "rejected": DeliveryOutcome.NOT_DELIVERED,
+    },
+    intermediate_statuses=frozenset({"queued", "sent"}),
+    # ErrorCode
+    delivery_failures={
+        "30": (DeliveryFailure.FILTERED, "Spam detected"),
+        "50": (DeliveryFailure.UNKNOWN_NUMBER, "Invalid destination number"),
+        "70": (DeliveryFailure.UNREACHABLE, "Destination permanently unavailable"),
+        "80": (DeliveryFailure.UNREACHABLE, "Destination temporarily unavailable"),
+        "90": (DeliveryFailure.UNREACHABLE, "No route available"),
+        "100": (DeliveryFailure.BLOCKED, "Prohibited by carrier"),
+        "200": (DeliveryFailure.OPTED_OUT, "Recipient sent STOP"),
+        "420": (DeliveryFailure.EXPIRED, "Message expired"),
+    },
+    fallback_description="Plivo status {status}",
+    send_failures={},  # a refused send is told apart by HTTP status only: ProviderRejected
+)
+
 EMPTY_XML = "<Response></Response>"
 
 
@@ -108,6 +117,7 @@ def plivo_signature_v2(auth_token: str, url: str, nonce: str) -> str:
 class PlivoAdapter:
     name: ClassVar[str] = "plivo"
     idempotent_resend_window: ClassVar[timedelta | None] = None
+    tables: ClassVar[ProviderTables] = TABLES
 
     def __init__(
         self, settings: PlivoSettings, *, delivery_report_url: str | None = None, timeout: float = 5.0
@@ -124,7 +134,7 @@ class PlivoAdapter:
     def from_settings(cls, app: AppSettings, account: str | None = None) -> PlivoAdapter:
         return cls(
             load(PlivoSettings, account=account),
-            delivery_report_url=app.callback_url(DELIVERY_REPORT_PATH),
+            delivery_report_url=app.callback_url(webhook_path(cls.name, "delivery-reports")),
             timeout=app.provider_timeout_seconds,
         )
 
@@ -178,23 +188,20 @@ class PlivoAdapter:
         message_id, status = form.get("MessageUUID"), (form.get("Status") or "").lower()
         if not message_id or not status:
             raise InvalidWebhook("MessageUUID and Status are required")
-        outcome = DELIVERY_OUTCOMES.get(status, DeliveryOutcome.INTERMEDIATE)
         error_code = form.get("ErrorCode") or None
-        reason = description = None
-        if outcome is DeliveryOutcome.NOT_DELIVERED:
-            reason, description = DELIVERY_FAILURES.get(
-                error_code or "", (DeliveryFailure.UNKNOWN, f"Plivo status {status}")
-            )
+        verdict = classify_delivery(TABLES, status, error_code)
+        if not verdict.known:
+            log_unknown_status(self.name, status, message_id)
         return ParsedWebhook(
             delivery_events=[
                 DeliveryEvent(
                     provider=self.name,
                     message_id=message_id,
-                    outcome=outcome,
+                    outcome=verdict.outcome,
                     provider_status=status,
                     error_code=error_code,
-                    reason=reason,
-                    description=description,
+                    reason=verdict.reason,
+                    description=verdict.description,
                     sender=form.get("From"),
                 )
             ]

@@ -5,11 +5,29 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 TWILIO_ALGORITHMS = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
+#: How far a signed timestamp may be from our clock (either way) before the webhook counts as
+#: replayed (Telnyx's SDK uses the same 300 seconds).
+SIGNATURE_TOLERANCE_SECONDS = 300
+
+
+def unix_time(stamp: str) -> int | None:
+    """A signature's timestamp in Unix seconds; None unless it is up to 12 ASCII digits."""
+    if stamp.isascii() and stamp.isdigit() and len(stamp) <= 12:
+        return int(stamp)
+    return None
+
+
+def within_tolerance(
+    timestamp: float, *, tolerance_seconds: float = SIGNATURE_TOLERANCE_SECONDS, now: float | None = None
+) -> bool:
+    """Whether a signed ``timestamp`` (Unix seconds) is close enough to now to be accepted."""
+    return abs((time.time() if now is None else now) - timestamp) <= tolerance_seconds
 
 
 def twilio_signature(

@@ -49,21 +49,32 @@ from channels.events import (
     WebhookKind,
     WebhookRejected,
     WebhookRequest,
+    webhook_path,
 )
-from channels.signatures import hmac_sha256_hex, same
+from channels.signatures import hmac_sha256_hex, same, unix_time, within_tolerance
+from channels.tables import ProviderTables, classify_delivery, log_unknown_status, send_failure_reason
 from core.settings import AppSettings, load
+
+TABLES = ProviderTables(
+    final_statuses={
+        "delivered": DeliveryOutcome.DELIVERED,
+        "failed": DeliveryOutcome.NOT_DELIVERED,
+        "expired": DeliveryOutcome.NOT_DELIVERED,
+    },
+    intermediate_statuses=frozenset({"sent"}),
+    delivery_failures={},  # ErrorCode is kept for StatusDetails; the status alone gives the reason
+    failure_by_status={"failed": DeliveryFailure.UNREACHABLE, "expired": DeliveryFailure.EXPIRED},
+    fallback_description="simulated {status}",
+    send_failures={
+        "sim-reject": NotSentReason.INVALID_RECIPIENT,
+        "sim-optout": NotSentReason.RECIPIENT_OPTED_OUT,
+    },
+)
 
 log = logging.getLogger("sms.simulator")
 
 MESSAGE_ID_NAMESPACE = uuid.UUID("5b0c3f4e-54d6-4f0e-9a57-6a0f3f2d1c11")
-SIGNATURE_TOLERANCE_SECONDS = 300
 POST_ATTEMPTS = 4
-
-DELIVERY_OUTCOMES: dict[str, tuple[DeliveryOutcome, DeliveryFailure | None]] = {
-    "delivered": (DeliveryOutcome.DELIVERED, None),
-    "failed": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.UNREACHABLE),
-    "expired": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.EXPIRED),
-}
 
 
 def sign_webhook(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
@@ -114,6 +125,7 @@ class SimulatorSettings(BaseSettings):
 class SimulatorAdapter:
     name: ClassVar[str] = "simulator"
     idempotent_resend_window: ClassVar[timedelta | None] = None
+    tables: ClassVar[ProviderTables] = TABLES
 
     def __init__(self, settings: SimulatorSettings | None = None, *, app_base_url: str | None = None) -> None:
         self.settings = settings or SimulatorSettings()
@@ -132,11 +144,13 @@ class SimulatorAdapter:
         recipient, s = request.recipient, self.settings
         if recipient.endswith(s.reject_suffixes):
             raise PermanentSendError(
-                NotSentReason.INVALID_RECIPIENT, "simulator: recipient rejected", provider_code="sim-reject"
+                send_failure_reason(TABLES, "sim-reject"),
+                "simulator: recipient rejected",
+                provider_code="sim-reject",
             )
         if recipient.endswith(s.opted_out_suffixes):
             raise PermanentSendError(
-                NotSentReason.RECIPIENT_OPTED_OUT,
+                send_failure_reason(TABLES, "sim-optout"),
                 "simulator: recipient opted out",
                 provider_code="sim-optout",
             )
@@ -193,7 +207,7 @@ class SimulatorAdapter:
                 },
             )
 
-    async def _post(self, kind: str, document: dict[str, str]) -> None:
+    async def _post(self, kind: WebhookKind, document: dict[str, str]) -> None:
         """Post like a provider does: retried a few times when the app does not take it."""
         assert self.settings.webhook_secret is not None
         if self._http is None:
@@ -206,9 +220,7 @@ class SimulatorAdapter:
                 **sign_webhook(self.settings.webhook_secret.get_secret_value(), body),
             }
             try:
-                response = await self._http.post(
-                    f"/api/providers/simulator/{kind}", content=body, headers=headers
-                )
+                response = await self._http.post(webhook_path(self.name, kind), content=body, headers=headers)
             except httpx.HTTPError as exc:
                 outcome = type(exc).__name__
             else:
@@ -232,10 +244,10 @@ class SimulatorAdapter:
             raise WebhookRejected(401, "no X-Simulator-Timestamp / X-Simulator-Signature")
         if self.settings.webhook_secret is None:
             raise WebhookRejected(403, "SIMULATOR_WEBHOOK_SECRET is not set: webhooks cannot be verified")
-        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+        when = unix_time(stamp)
+        if when is None:
             raise WebhookRejected(403, "X-Simulator-Timestamp is not a Unix time")
-        age = abs(time.time() - int(stamp))
-        if age > SIGNATURE_TOLERANCE_SECONDS:
+        if not within_tolerance(when):
             raise WebhookRejected(403, "stale signature")
         expected = hmac_sha256_hex(
             self.settings.webhook_secret.get_secret_value(), stamp.encode("ascii") + b"." + request.body
@@ -248,17 +260,20 @@ class SimulatorAdapter:
         message_id, status = body.get("MessageId"), str(body.get("Status", "")).lower()
         if not isinstance(message_id, str) or not message_id or not status:
             raise InvalidWebhook("MessageId and Status are required")
-        outcome, reason = DELIVERY_OUTCOMES.get(status, (DeliveryOutcome.INTERMEDIATE, None))
+        error_code = _text(body.get("ErrorCode"))
+        verdict = classify_delivery(TABLES, status, error_code)
+        if not verdict.known:
+            log_unknown_status(self.name, status, message_id)
         return ParsedWebhook(
             delivery_events=[
                 DeliveryEvent(
                     provider=self.name,
                     message_id=message_id,
-                    outcome=outcome,
+                    outcome=verdict.outcome,
                     provider_status=status,
-                    error_code=_text(body.get("ErrorCode")),
-                    reason=reason,
-                    description=f"simulated {status}" if reason else None,
+                    error_code=error_code,
+                    reason=verdict.reason,
+                    description=verdict.description,
                     sender=_text(body.get("From")),
                     correlation=_text(body.get("Correlation")),
                 )

@@ -22,7 +22,6 @@ NotSent ProviderRejected; 401/403 credentials and 429/503 transient; 500/502/504
 from __future__ import annotations
 
 import base64
-import time
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -49,23 +48,43 @@ from channels.events import (
     WebhookKind,
     WebhookRejected,
     WebhookRequest,
+    webhook_path,
+)
+from channels.signatures import unix_time, within_tolerance
+from channels.tables import (
+    Classification,
+    ProviderTables,
+    classify_delivery,
+    log_unknown_status,
+    send_failure_reason,
 )
 from core.settings import AppSettings, load
 
-FINAL_STATUSES: dict[str, tuple[DeliveryOutcome, DeliveryFailure | None]] = {
-    "delivered": (DeliveryOutcome.DELIVERED, None),
-    "sending_failed": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.PROVIDER_ERROR),
-    "delivery_failed": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.UNREACHABLE),
-    "expired": (DeliveryOutcome.NOT_DELIVERED, DeliveryFailure.EXPIRED),
-}
-NOT_SENT_BY_ERROR_CODE: dict[str, NotSentReason] = {
-    "40300": NotSentReason.RECIPIENT_OPTED_OUT,
-    "40310": NotSentReason.INVALID_RECIPIENT,
-    "40311": NotSentReason.INVALID_RECIPIENT,
-    "40305": NotSentReason.INVALID_SENDER,
-}
-SIGNATURE_TOLERANCE_SECONDS = 300
-DELIVERY_REPORT_PATH = "/api/providers/telnyx/delivery-reports"
+TABLES = ProviderTables(
+    # payload.to[0].status of a message.finalized event (a message.sent event is never final)
+    final_statuses={
+        "delivered": DeliveryOutcome.DELIVERED,
+        "sending_failed": DeliveryOutcome.NOT_DELIVERED,
+        "delivery_failed": DeliveryOutcome.NOT_DELIVERED,
+        "expired": DeliveryOutcome.NOT_DELIVERED,
+    },
+    # delivery_unconfirmed: the carrier never said; Sent stands
+    intermediate_statuses=frozenset({"queued", "sending", "sent", "delivery_unconfirmed"}),
+    delivery_failures={},  # errors[0] gives the description; the status gives the reason
+    failure_by_status={
+        "sending_failed": DeliveryFailure.PROVIDER_ERROR,
+        "delivery_failed": DeliveryFailure.UNREACHABLE,
+        "expired": DeliveryFailure.EXPIRED,
+    },
+    fallback_description="telnyx status {status}",
+    # errors[0].code of a refused send
+    send_failures={
+        "40300": NotSentReason.RECIPIENT_OPTED_OUT,
+        "40310": NotSentReason.INVALID_RECIPIENT,
+        "40311": NotSentReason.INVALID_RECIPIENT,
+        "40305": NotSentReason.INVALID_SENDER,
+    },
+)
 
 
 class TelnyxSettings(BaseSettings):
@@ -93,6 +112,7 @@ class TelnyxSettings(BaseSettings):
 class TelnyxAdapter:
     name: ClassVar[str] = "telnyx"
     idempotent_resend_window: ClassVar[timedelta | None] = None
+    tables: ClassVar[ProviderTables] = TABLES
 
     def __init__(
         self, settings: TelnyxSettings, *, delivery_report_url: str | None = None, timeout: float = 5.0
@@ -110,7 +130,7 @@ class TelnyxAdapter:
     def from_settings(cls, app: AppSettings, account: str | None = None) -> TelnyxAdapter:
         return cls(
             load(TelnyxSettings, account=account),
-            delivery_report_url=app.callback_url(DELIVERY_REPORT_PATH),
+            delivery_report_url=app.callback_url(webhook_path(cls.name, "delivery-reports")),
             timeout=app.provider_timeout_seconds,
         )
 
@@ -134,7 +154,7 @@ class TelnyxAdapter:
         common = common_http_failure(self.name, response, provider_code=code, credentials="TELNYX_API_KEY")
         if common is not None:
             raise common
-        reason = NOT_SENT_BY_ERROR_CODE.get(code or "", NotSentReason.PROVIDER_REJECTED)
+        reason = send_failure_reason(TABLES, code)
         raise PermanentSendError(
             reason, f"telnyx: refused with error {code or response.status_code}", provider_code=code
         )
@@ -151,14 +171,14 @@ class TelnyxAdapter:
             raise WebhookRejected(401, "no telnyx-signature-ed25519 / telnyx-timestamp")
         if self._public_key is None:
             raise WebhookRejected(403, "TELNYX_PUBLIC_KEY is not set: webhooks cannot be verified")
-        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+        when = unix_time(stamp)
+        if when is None:
             raise WebhookRejected(403, "telnyx-timestamp is not a Unix time")
-        age = abs(time.time() - int(stamp))
         try:
             raw_signature = base64.b64decode(signature, validate=True)
         except ValueError:
             raise WebhookRejected(403, "malformed signature") from None
-        if age > SIGNATURE_TOLERANCE_SECONDS:
+        if not within_tolerance(when):
             raise WebhookRejected(403, "stale signature")
         # imported here: cryptography is heavy, and only Telnyx webhooks need Ed25519
         from cryptography.exceptions import InvalidSignature
@@ -178,23 +198,24 @@ class TelnyxAdapter:
             raise InvalidWebhook("event without payload.id")
         recipients = _recipients(payload)
         status = str(recipients[0].get("status", "")) if recipients else ""
-        outcome, reason = DeliveryOutcome.INTERMEDIATE, None
-        if event_type == "message.finalized" and status in FINAL_STATUSES:
-            outcome, reason = FINAL_STATUSES[status]
         error = _first_error(payload)
+        verdict = Classification(outcome=DeliveryOutcome.INTERMEDIATE)  # message.sent: never final
+        if event_type == "message.finalized":
+            detail = error.get("title") or error.get("detail")
+            verdict = classify_delivery(TABLES, status, error.get("code"), detail=detail)
+            if not verdict.known:
+                log_unknown_status(self.name, status, str(message_id))
         sender = payload.get("from")
         return ParsedWebhook(
             delivery_events=[
                 DeliveryEvent(
                     provider=self.name,
                     message_id=str(message_id),
-                    outcome=outcome,
+                    outcome=verdict.outcome,
                     provider_status=status or event_type,
                     error_code=error.get("code"),
-                    reason=reason,
-                    description=(error.get("title") or error.get("detail") or f"telnyx status {status}")
-                    if reason
-                    else None,
+                    reason=verdict.reason,
+                    description=verdict.description,
                     sender=sender.get("phone_number") if isinstance(sender, dict) else None,
                 )
             ]

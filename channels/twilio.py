@@ -49,48 +49,56 @@ from channels.events import (
     WebhookKind,
     WebhookRejected,
     WebhookRequest,
+    webhook_path,
 )
 from channels.signatures import TWILIO_ALGORITHMS, same, twilio_signature, url_port_variants
+from channels.tables import ProviderTables, classify_delivery, log_unknown_status, send_failure_reason
 from core.settings import AppSettings, load
 
-#: Status callback MessageStatus -> outcome (anything else is intermediate: queued, accepted,
-#: scheduled, sending, sent, receiving, received, partially_delivered).
-DELIVERY_OUTCOMES: dict[str, DeliveryOutcome] = {
-    "delivered": DeliveryOutcome.DELIVERED,
-    "read": DeliveryOutcome.DELIVERED,
-    "undelivered": DeliveryOutcome.NOT_DELIVERED,
-    "failed": DeliveryOutcome.NOT_DELIVERED,
-    "canceled": DeliveryOutcome.NOT_DELIVERED,
-}
+TABLES = ProviderTables(
+    # Status callback MessageStatus (the SDK's MessageInstance.Status, every value).
+    final_statuses={
+        "delivered": DeliveryOutcome.DELIVERED,
+        "read": DeliveryOutcome.DELIVERED,
+        "undelivered": DeliveryOutcome.NOT_DELIVERED,
+        "failed": DeliveryOutcome.NOT_DELIVERED,
+        "canceled": DeliveryOutcome.NOT_DELIVERED,
+    },
+    # partially_delivered (in the SDK's enum, not SMS-typical) stays intermediate: Sent stands
+    intermediate_statuses=frozenset(
+        {"queued", "accepted", "scheduled", "sending", "sent", "receiving", "received", "partially_delivered"}
+    ),
+    # Delivery ErrorCode (https://www.twilio.com/docs/api/errors).
+    delivery_failures={
+        "30001": (DeliveryFailure.PROVIDER_ERROR, "Queue overflow"),
+        "30002": (DeliveryFailure.PROVIDER_ERROR, "Account suspended"),
+        "30003": (DeliveryFailure.UNREACHABLE, "Unreachable destination handset"),
+        "30004": (DeliveryFailure.BLOCKED, "Message blocked"),
+        "30005": (DeliveryFailure.UNKNOWN_NUMBER, "Unknown destination handset"),
+        "30006": (DeliveryFailure.LANDLINE, "Landline or unreachable carrier"),
+        "30007": (DeliveryFailure.FILTERED, "Message filtered by the carrier"),
+        "30008": (DeliveryFailure.UNKNOWN, "Unknown error"),
+        "30010": (DeliveryFailure.PROVIDER_ERROR, "Message price exceeds max price"),
+        "30034": (DeliveryFailure.FILTERED, "Message from an unregistered number"),
+        "21610": (DeliveryFailure.OPTED_OUT, "Recipient unsubscribed (replied STOP)"),
+    },
+    failure_by_status={"canceled": DeliveryFailure.CANCELED},
+    description_by_status={"canceled": "Canceled before sending"},
+    fallback_description="Twilio status {status}",
+    # The send answer's ``code`` (the table in the module docstring).
+    send_failures={
+        "21211": NotSentReason.INVALID_RECIPIENT,
+        "21214": NotSentReason.INVALID_RECIPIENT,
+        "21612": NotSentReason.INVALID_RECIPIENT,
+        "21614": NotSentReason.INVALID_RECIPIENT,
+        "21610": NotSentReason.RECIPIENT_OPTED_OUT,
+        "21212": NotSentReason.INVALID_SENDER,
+        "21606": NotSentReason.INVALID_SENDER,
+        "21602": NotSentReason.EMPTY_MESSAGE,
+        "21617": NotSentReason.TOO_MANY_SEGMENTS,
+    },
+)
 
-#: Delivery ErrorCode -> (reason, description) for Details (https://www.twilio.com/docs/api/errors).
-DELIVERY_FAILURES: dict[str, tuple[DeliveryFailure, str]] = {
-    "30001": (DeliveryFailure.PROVIDER_ERROR, "Queue overflow"),
-    "30002": (DeliveryFailure.PROVIDER_ERROR, "Account suspended"),
-    "30003": (DeliveryFailure.UNREACHABLE, "Unreachable destination handset"),
-    "30004": (DeliveryFailure.BLOCKED, "Message blocked"),
-    "30005": (DeliveryFailure.UNKNOWN_NUMBER, "Unknown destination handset"),
-    "30006": (DeliveryFailure.LANDLINE, "Landline or unreachable carrier"),
-    "30007": (DeliveryFailure.FILTERED, "Message filtered by the carrier"),
-    "30008": (DeliveryFailure.UNKNOWN, "Unknown error"),
-    "30010": (DeliveryFailure.PROVIDER_ERROR, "Message price exceeds max price"),
-    "30034": (DeliveryFailure.FILTERED, "Message from an unregistered number"),
-    "21610": (DeliveryFailure.OPTED_OUT, "Recipient unsubscribed (replied STOP)"),
-}
-
-NOT_SENT_BY_ERROR_CODE: dict[int, NotSentReason] = {
-    21211: NotSentReason.INVALID_RECIPIENT,
-    21214: NotSentReason.INVALID_RECIPIENT,
-    21612: NotSentReason.INVALID_RECIPIENT,
-    21614: NotSentReason.INVALID_RECIPIENT,
-    21610: NotSentReason.RECIPIENT_OPTED_OUT,
-    21212: NotSentReason.INVALID_SENDER,
-    21606: NotSentReason.INVALID_SENDER,
-    21602: NotSentReason.EMPTY_MESSAGE,
-    21617: NotSentReason.TOO_MANY_SEGMENTS,
-}
-
-DELIVERY_REPORT_PATH = "/api/providers/twilio/delivery-reports"
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
@@ -127,6 +135,7 @@ class TwilioSettings(BaseSettings):
 class TwilioAdapter:
     name: ClassVar[str] = "twilio"
     idempotent_resend_window: ClassVar[timedelta | None] = None
+    tables: ClassVar[ProviderTables] = TABLES
 
     def __init__(
         self,
@@ -149,7 +158,7 @@ class TwilioAdapter:
     def from_settings(cls, app: AppSettings, account: str | None = None) -> TwilioAdapter:
         return cls(
             load(TwilioSettings, account=account),
-            status_callback_url=app.callback_url(DELIVERY_REPORT_PATH),
+            status_callback_url=app.callback_url(webhook_path(cls.name, "delivery-reports")),
             timeout=app.provider_timeout_seconds,
         )
 
@@ -223,23 +232,18 @@ class TwilioAdapter:
         status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
         if not message_id or not status:
             raise InvalidWebhook("MessageSid and MessageStatus are required")
-        outcome = DELIVERY_OUTCOMES.get(status, DeliveryOutcome.INTERMEDIATE)
         error_code = form.get("ErrorCode") or None
-        reason = description = None
-        if outcome is DeliveryOutcome.NOT_DELIVERED:
-            reason, description = DELIVERY_FAILURES.get(
-                error_code or "", (DeliveryFailure.UNKNOWN, f"Twilio status {status}")
-            )
-            if status == "canceled":
-                reason, description = DeliveryFailure.CANCELED, "Canceled before sending"
+        verdict = classify_delivery(TABLES, status, error_code)
+        if not verdict.known:
+            log_unknown_status(self.name, status, message_id)
         event = DeliveryEvent(
             provider=self.name,
             message_id=message_id,
-            outcome=outcome,
+            outcome=verdict.outcome,
             provider_status=status,
             error_code=error_code,
-            reason=reason,
-            description=description,
+            reason=verdict.reason,
+            description=verdict.description,
             sender=form.get("From"),
             correlation=request.query.get("ref"),
         )
@@ -283,11 +287,8 @@ def _failure(response: httpx.Response) -> Exception:
     )
     if common is not None:
         return common
-    reason = (
-        NOT_SENT_BY_ERROR_CODE.get(code, NotSentReason.PROVIDER_REJECTED)
-        if isinstance(code, int)
-        else NotSentReason.PROVIDER_REJECTED
-    )
+    # Twilio's codes are JSON numbers: a code in any other form is not one of its table's
+    reason = send_failure_reason(TABLES, code if isinstance(code, int) else None)
     # Twilio's message text can quote the phone number: keep only the code.
     return PermanentSendError(
         reason, f"twilio: refused with error {code_text or status}", provider_code=code_text

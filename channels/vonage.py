@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
@@ -62,45 +61,54 @@ from channels.events import (
     WebhookKind,
     WebhookRejected,
     WebhookRequest,
+    webhook_path,
 )
-from channels.signatures import same
+from channels.signatures import same, unix_time, within_tolerance
+from channels.tables import ProviderTables, classify_delivery, log_unknown_status, send_failure_reason
 from core.segments import SmsEncoding, count_segments
 from core.settings import AppSettings, load
 
-DELIVERY_OUTCOMES: dict[str, DeliveryOutcome] = {
-    "delivered": DeliveryOutcome.DELIVERED,
-    "expired": DeliveryOutcome.NOT_DELIVERED,
-    "failed": DeliveryOutcome.NOT_DELIVERED,
-    "rejected": DeliveryOutcome.NOT_DELIVERED,
-}
-#: err-code -> (reason, description), from Vonage's delivery-receipt guide.
-DELIVERY_FAILURES: dict[str, tuple[DeliveryFailure, str]] = {
-    "1": (DeliveryFailure.UNKNOWN, "Unknown"),
-    "2": (DeliveryFailure.UNREACHABLE, "Absent subscriber (temporary)"),
-    "3": (DeliveryFailure.UNREACHABLE, "Absent subscriber (permanent)"),
-    "4": (DeliveryFailure.BLOCKED, "Call barred by user"),
-    "5": (DeliveryFailure.PROVIDER_ERROR, "Portability error"),
-    "6": (DeliveryFailure.FILTERED, "Anti-spam rejection"),
-    "7": (DeliveryFailure.UNREACHABLE, "Handset busy"),
-    "8": (DeliveryFailure.PROVIDER_ERROR, "Network error"),
-    "9": (DeliveryFailure.UNKNOWN_NUMBER, "Illegal number"),
-    "10": (DeliveryFailure.FILTERED, "Illegal message"),
-    "11": (DeliveryFailure.UNREACHABLE, "Unroutable"),
-    "12": (DeliveryFailure.UNREACHABLE, "Destination unreachable"),
-    "13": (DeliveryFailure.BLOCKED, "Subscriber age restriction"),
-    "14": (DeliveryFailure.BLOCKED, "Number blocked by carrier"),
-    "15": (DeliveryFailure.PROVIDER_ERROR, "Prepaid insufficient funds"),
-    "99": (DeliveryFailure.PROVIDER_ERROR, "General error"),
-}
-SEND_FAILURES: dict[str, NotSentReason] = {
-    "7": NotSentReason.INVALID_RECIPIENT,
-    "33": NotSentReason.INVALID_RECIPIENT,
-    "15": NotSentReason.INVALID_SENDER,
-    "12": NotSentReason.TOO_MANY_SEGMENTS,
-}
-TRANSIENT_SEND_STATUSES = {"1", "4", "8", "9"}
-SIGNATURE_TOLERANCE_SECONDS = 300
-DELIVERY_REPORT_PATH = "/api/providers/vonage/delivery-reports"
+TABLES = ProviderTables(
+    # the receipt's status
+    final_statuses={
+        "delivered": DeliveryOutcome.DELIVERED,
+        "expired": DeliveryOutcome.NOT_DELIVERED,
+        "failed": DeliveryOutcome.NOT_DELIVERED,
+        "rejected": DeliveryOutcome.NOT_DELIVERED,
+    },
+    # unknown: no useful answer from the carrier; Sent stands
+    intermediate_statuses=frozenset({"accepted", "buffered", "unknown"}),
+    # err-code, from Vonage's delivery-receipt guide
+    delivery_failures={
+        "1": (DeliveryFailure.UNKNOWN, "Unknown"),
+        "2": (DeliveryFailure.UNREACHABLE, "Absent subscriber (temporary)"),
+        "3": (DeliveryFailure.UNREACHABLE, "Absent subscriber (permanent)"),
+        "4": (DeliveryFailure.BLOCKED, "Call barred by user"),
+        "5": (DeliveryFailure.PROVIDER_ERROR, "Portability error"),
+        "6": (DeliveryFailure.FILTERED, "Anti-spam rejection"),
+        "7": (DeliveryFailure.UNREACHABLE, "Handset busy"),
+        "8": (DeliveryFailure.PROVIDER_ERROR, "Network error"),
+        "9": (DeliveryFailure.UNKNOWN_NUMBER, "Illegal number"),
+        "10": (DeliveryFailure.FILTERED, "Illegal message"),
+        "11": (DeliveryFailure.UNREACHABLE, "Unroutable"),
+        "12": (DeliveryFailure.UNREACHABLE, "Destination unreachable"),
+        "13": (DeliveryFailure.BLOCKED, "Subscriber age restriction"),
+        "14": (DeliveryFailure.BLOCKED, "Number blocked by carrier"),
+        "15": (DeliveryFailure.PROVIDER_ERROR, "Prepaid insufficient funds"),
+        "99": (DeliveryFailure.PROVIDER_ERROR, "General error"),
+    },
+    failure_by_status={"expired": DeliveryFailure.EXPIRED},
+    fallback_description="Vonage status {status}",
+    # messages[].status of a refused send (the table in the module docstring)
+    send_failures={
+        "7": NotSentReason.INVALID_RECIPIENT,
+        "33": NotSentReason.INVALID_RECIPIENT,
+        "15": NotSentReason.INVALID_SENDER,
+        "12": NotSentReason.TOO_MANY_SEGMENTS,
+    },
+)
+#: messages[].status values that refuse a send only for now.
+TRANSIENT_SEND_FAILURES = frozenset({"1", "4", "8", "9"})
 
 SignatureMethod = Literal["md5hash", "md5", "sha1", "sha256", "sha512"]
 
@@ -128,6 +136,7 @@ def vonage_signature(params: dict[str, str], secret: str, method: SignatureMetho
 class VonageAdapter:
     name: ClassVar[str] = "vonage"
     idempotent_resend_window: ClassVar[timedelta | None] = None
+    tables: ClassVar[ProviderTables] = TABLES
 
     def __init__(
         self, settings: VonageSettings, *, delivery_report_url: str | None = None, timeout: float = 5.0
@@ -140,7 +149,7 @@ class VonageAdapter:
     def from_settings(cls, app: AppSettings, account: str | None = None) -> VonageAdapter:
         return cls(
             load(VonageSettings, account=account),
-            delivery_report_url=app.callback_url(DELIVERY_REPORT_PATH),
+            delivery_report_url=app.callback_url(webhook_path(cls.name, "delivery-reports")),
             timeout=app.provider_timeout_seconds,
         )
 
@@ -195,11 +204,10 @@ class VonageAdapter:
             raise WebhookRejected(401, "no sig parameter")
         if self.settings.signature_secret is None:
             raise WebhookRejected(403, "VONAGE_SIGNATURE_SECRET is not set: webhooks cannot be verified")
-        stamp = params.get("timestamp", "")
-        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+        when = unix_time(params.get("timestamp", ""))
+        if when is None:
             raise WebhookRejected(403, "no usable timestamp")
-        age = abs(time.time() - int(stamp))
-        if age > SIGNATURE_TOLERANCE_SECONDS:
+        if not within_tolerance(when):
             raise WebhookRejected(403, "stale signature")
         expected = vonage_signature(
             params, self.settings.signature_secret.get_secret_value(), self.settings.signature_method
@@ -212,25 +220,20 @@ class VonageAdapter:
         message_id, status = params.get("messageId"), params.get("status", "").lower()
         if not message_id or not status:
             raise InvalidWebhook("messageId and status are required")
-        outcome = DELIVERY_OUTCOMES.get(status, DeliveryOutcome.INTERMEDIATE)
         error_code = params.get("err-code") or None
-        reason = description = None
-        if outcome is DeliveryOutcome.NOT_DELIVERED:
-            reason, description = DELIVERY_FAILURES.get(
-                error_code or "", (DeliveryFailure.UNKNOWN, f"Vonage status {status}")
-            )
-            if status == "expired":
-                reason = DeliveryFailure.EXPIRED
+        verdict = classify_delivery(TABLES, status, error_code)
+        if not verdict.known:
+            log_unknown_status(self.name, status, message_id)
         return ParsedWebhook(
             delivery_events=[
                 DeliveryEvent(
                     provider=self.name,
                     message_id=message_id,
-                    outcome=outcome,
+                    outcome=verdict.outcome,
                     provider_status=status,
                     error_code=error_code,
-                    reason=reason,
-                    description=description,
+                    reason=verdict.reason,
+                    description=verdict.description,
                     sender=params.get("to"),
                 )
             ]
@@ -278,9 +281,10 @@ def _params(request: WebhookRequest) -> dict[str, str]:
 
 
 def _refusal(status: str) -> Exception:
-    if status in TRANSIENT_SEND_STATUSES:
+    if status in TRANSIENT_SEND_FAILURES:
         return TransientSendError(f"vonage: refused for now (status {status})", provider_code=status)
     if status == "5":
         return AmbiguousSendError("vonage: internal error (status 5)", provider_code=status)
-    reason = SEND_FAILURES.get(status, NotSentReason.PROVIDER_REJECTED)
-    return PermanentSendError(reason, f"vonage: refused (status {status})", provider_code=status)
+    return PermanentSendError(
+        send_failure_reason(TABLES, status), f"vonage: refused (status {status})", provider_code=status
+    )

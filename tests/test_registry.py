@@ -31,19 +31,21 @@ def test_every_provider_implements_the_seam(name: str) -> None:
 
 def test_every_twilio_status_of_the_sdk_has_a_deliberate_outcome() -> None:
     statuses = {v for k, v in vars(MessageInstance.Status).items() if not k.startswith("_")}
-    final = {s for s in statuses if twilio.DELIVERY_OUTCOMES.get(s, DeliveryOutcome.INTERMEDIATE).is_final}
-    assert set(twilio.DELIVERY_OUTCOMES) <= statuses  # no typo in the table
+    tables = twilio.TABLES
+    final = {s for s in statuses if tables.final_statuses.get(s, DeliveryOutcome.INTERMEDIATE).is_final}
+    assert set(tables.final_statuses) <= statuses  # no typo in the table
     assert final == {"delivered", "read", "undelivered", "failed", "canceled"}
+    assert set(tables.final_statuses) | tables.intermediate_statuses == statuses  # each one listed
 
 
 def test_acs_and_simulator_maps_cover_their_final_statuses() -> None:
-    assert set(acs.DELIVERY_OUTCOMES) == {"delivered", "failed"}
-    assert {outcome for outcome, _ in simulator.DELIVERY_OUTCOMES.values()} == {
+    assert set(acs.TABLES.final_statuses) == {"delivered", "failed"}
+    assert set(simulator.TABLES.final_statuses.values()) == {
         DeliveryOutcome.DELIVERED,
         DeliveryOutcome.NOT_DELIVERED,
     }
 
 
 def test_every_not_delivered_twilio_code_has_a_reason_and_description() -> None:
-    for code, (reason, description) in twilio.DELIVERY_FAILURES.items():
+    for code, (reason, description) in twilio.TABLES.delivery_failures.items():
         assert code.isdigit() and reason and description
