@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.common import emit, machine, median
+from bench.common import emit, machine, median, sized
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = 15
+RUNS = sized(15, 2)
 
 #: The third-party packages function_app imports at module level (msal and cryptography are imported
 #: lazily, when a token or a Telnyx signature is first needed).

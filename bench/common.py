@@ -4,7 +4,16 @@ import json
 import os
 import platform
 import statistics
+import sys
 from typing import Any
+
+#: ``python -m bench.X --smoke``: small counts, to check that the benchmark runs and prints its figures
+#: (the test suite does this for every benchmark); the figures it prints then mean little.
+SMOKE = "--smoke" in sys.argv[1:]
+
+
+def sized(full: int, smoke: int) -> int:
+    return smoke if SMOKE else full
 
 
 def machine() -> dict[str, Any]:

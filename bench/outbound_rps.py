@@ -14,12 +14,12 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import emit, machine, percentile
+from bench.common import emit, machine, percentile, sized
 from tests.e2e import local_host
 from tests.fakes.azurite import start_azurite
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUESTS = 600
+REQUESTS = sized(600, 40)
 CLIENTS = 16
 
 
@@ -69,7 +69,7 @@ def main() -> None:
 
     try:
         with local_host(settings) as base:
-            asyncio.run(load(base, outbound, 50))  # warm up: tables created, connections open
+            asyncio.run(load(base, outbound, sized(50, 5)))  # warm up: tables created, connections open
             health_time, _ = asyncio.run(load(base, health, REQUESTS))
             send_time, send_latencies = asyncio.run(load(base, outbound, REQUESTS))
     finally:

@@ -25,7 +25,7 @@ import httpx
 import trustme
 from pydantic import SecretStr
 
-from bench.common import emit, machine
+from bench.common import emit, machine, sized
 from channels.acs import AcsAdapter, AcsSettings
 from channels.base import SendRequest
 from channels.infobip import InfobipAdapter, InfobipSettings
@@ -34,10 +34,10 @@ from channels.telnyx import TelnyxAdapter, TelnyxSettings
 from channels.twilio import TwilioAdapter, TwilioSettings
 from channels.vonage import VonageAdapter, VonageSettings
 
-SEQUENTIAL = 300
-CONCURRENT = 960
+SEQUENTIAL = sized(300, 10)
+CONCURRENT = sized(960, 32)
 CONCURRENCY = 32
-WARMUP = 30
+WARMUP = sized(30, 2)
 ROOT = Path(__file__).resolve().parents[1]
 SENDER, RECIPIENT, TEXT = "+14155550100", "+14155550123", "Your appointment is tomorrow at 10:00"
 

@@ -14,7 +14,6 @@ requests in flight and 20 ms each, no relay can beat concurrency / 0.02 s.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import emit, machine, percentile
+from bench.common import emit, machine, percentile, sized
 from channels.simulator import sign_webhook
 from contracts import ChannelStatus
 from storage.errors import StorageUnavailable
@@ -134,12 +133,8 @@ def wait_until(condition: object, timeout: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="a few hundred relays, to check it runs")
-    args = parser.parse_args()
-    relays, webhooks = (200, 50) if args.smoke else (10_000, 2_000)
-    relays = int(os.environ.get("BENCH_RELAYS", relays))
-    webhooks = int(os.environ.get("BENCH_WEBHOOKS", webhooks))
+    relays = int(os.environ.get("BENCH_RELAYS", sized(10_000, 200)))
+    webhooks = int(os.environ.get("BENCH_WEBHOOKS", sized(2_000, 50)))
 
     scratch = Path(tempfile.mkdtemp())
     ca = make_local_ca(scratch)

@@ -17,6 +17,7 @@ from usecases.intake import (
     WebhookKind,
     WebhookRejected,
     WebhookRequest,
+    webhook_route,
 )
 
 log = logging.getLogger("sms.webhooks")
@@ -54,14 +55,12 @@ def blueprint(services: Services) -> func.Blueprint:
     bp = func.Blueprint()
 
     @bp.function_name("delivery_reports")
-    @bp.route(
-        route="providers/{provider}/delivery-reports", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS
-    )
+    @bp.route(route=webhook_route("delivery-reports"), methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
     async def delivery_reports(req: func.HttpRequest) -> func.HttpResponse:
         return await handle(services, req, "delivery-reports")
 
     @bp.function_name("inbound")
-    @bp.route(route="providers/{provider}/inbound", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+    @bp.route(route=webhook_route("inbound"), methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
     async def inbound(req: func.HttpRequest) -> func.HttpResponse:
         return await handle(services, req, "inbound")
 

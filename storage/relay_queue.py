@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.queue import LinearRetry, QueueClient
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 from contracts import ChannelStatus
 from storage.errors import StorageUnavailable
@@ -30,17 +31,39 @@ __all__ = [
     "RelayJob",
     "RelayQueue",
     "decode_job",
+    "fits_on_queue",
 ]
 
 RELAY_QUEUE = "relay-jobs"
 POISON_QUEUE = f"{RELAY_QUEUE}-poison"
+#: Azure Storage queue messages hold at most 64 KiB, counted on the base64 text the host reads.
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+def _scrub(value: object) -> object:
+    """Lone UTF-16 surrogates (JSON can spell them) cannot be stored or relayed: replace them."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value.strip()
+
+
+#: Text from a provider: numbers become strings, lone surrogates U+FFFD; nested values are refused.
+Text = Annotated[str, BeforeValidator(_scrub)]
+#: An identifier or number: as Text, and never blank.
+Identifier = Annotated[str, BeforeValidator(_scrub), AfterValidator(_non_blank)]
 
 
 class _Job(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", coerce_numbers_to_str=True)
 
-    provider: str
-    message_id: str
+    provider: Identifier
+    message_id: Identifier
     job_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     received_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     attempt: int = 0
@@ -54,15 +77,15 @@ class NotificationJob(_Job):
     kind: Literal["notification"] = "notification"
     status: ChannelStatus
     #: The provider's own status and error code, kept for StatusDetails.
-    provider_status: str
-    error_code: str | None = None
+    provider_status: Identifier
+    error_code: Text | None = None
     #: Normalized failure reason and its description, for Details {Reason, Message}.
-    reason: str | None = None
-    description: str | None = None
+    reason: Text | None = None
+    description: Text | None = None
     #: Our sender number as the provider reports it.
-    sender: str | None = None
+    sender: Text | None = None
     #: "<ChannelDefinitionId>/<RequestId>" when the provider echoes what we sent with the message.
-    correlation: str | None = None
+    correlation: Text | None = None
     #: A message sent as separately reported parts: how many, and how many were delivered.
     parts_total: int | None = None
     parts_delivered: int | None = None
@@ -76,11 +99,11 @@ class NotificationJob(_Job):
 class InboundJob(_Job):
     kind: Literal["inbound"] = "inbound"
     #: The customer's number, and ours (the channel instance's contact point).
-    customer: str
-    our_number: str
-    text: str
+    customer: Identifier
+    our_number: Identifier
+    text: Text
     #: One part of a concatenated inbound message (reassembled before relaying).
-    concat_ref: str | None = None
+    concat_ref: Text | None = None
     concat_total: int | None = None
     concat_part: int | None = None
     #: Set on a reassembled message: the stored parts to delete once it is relayed.
@@ -98,6 +121,21 @@ _JOB: TypeAdapter[RelayJob] = TypeAdapter(RelayJob)
 def decode_job(body: bytes) -> RelayJob:
     """The job in a queue message's (decoded) body; pydantic's ValidationError if it is none."""
     return _JOB.validate_json(body)
+
+
+def fits_on_queue(job: RelayJob) -> bool:
+    return len(job.encode()) <= MAX_MESSAGE_BYTES
+
+
+def _shortened(value: Any, limit: int = 2000) -> Any:
+    """``value`` with every string cut to ``limit`` characters (a record that must fit a message)."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else f"{value[:limit]}… ({len(value)} characters)"
+    if isinstance(value, dict):
+        return {str(k)[:limit]: _shortened(v, limit) for k, v in list(value.items())[:100]}
+    if isinstance(value, (list, tuple)):
+        return [_shortened(v, limit) for v in value[:100]]
+    return value if isinstance(value, (int, float, bool)) or value is None else str(value)[:limit]
 
 
 class RelayQueue:
@@ -140,6 +178,13 @@ class RelayQueue:
     async def poison(self, job: RelayJob, error: str) -> None:
         failed = job.model_copy(update={"last_error": error[:500]})
         await self._run(self._poison.send_message, failed.encode(), time_to_live=-1)
+
+    async def keep_unrelayable(self, provider: str, record: Any, reason: str) -> None:
+        """Keep what a webhook reported but cannot be relayed in the poison queue, for an operator
+        (``replay_poison`` leaves it there: it is no job)."""
+        kept = {"unrelayable": _shortened(record), "provider": provider, "last_error": reason[:500]}
+        body = json.dumps(kept, ensure_ascii=True, default=str).encode("ascii")
+        await self.poison_raw(body)
 
     async def poison_raw(self, body: bytes) -> None:
         await self._run(self._poison.send_message, base64.b64encode(body).decode("ascii"), time_to_live=-1)

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 from urllib.parse import urlsplit
+
+from pydantic import ValidationError
 
 from channels.base import ProviderAdapter
 from channels.events import (
@@ -29,9 +32,10 @@ from channels.events import (
     WebhookKind,
     WebhookRejected,
     WebhookRequest,
+    webhook_route,
 )
 from contracts import ChannelStatus
-from storage.relay_queue import InboundJob, NotificationJob, RelayJob, RelayQueue
+from storage.relay_queue import InboundJob, NotificationJob, RelayJob, RelayQueue, fits_on_queue
 from usecases.routing import ProviderRouter
 
 __all__ = [
@@ -45,6 +49,7 @@ __all__ = [
     "WebhookRejected",
     "WebhookRequest",
     "relay_jobs",
+    "webhook_route",
 ]
 
 log = logging.getLogger("sms.webhooks")
@@ -90,8 +95,17 @@ class WebhookIntake:
         if parsed.handshake is not None:
             log.info("%s %s webhook: subscription validation answered", provider, kind)
             return parsed.handshake
-        await self.queue.put_many(relay_jobs(parsed))
-        _log_queued(provider, parsed)
+        jobs, unrelayable = relay_jobs(parsed)
+        for record, reason in unrelayable:
+            log.error(
+                "%s %s webhook: an event cannot be relayed (%s); kept in the poison queue",
+                provider,
+                kind,
+                reason,
+            )
+            await self.queue.keep_unrelayable(provider, record, reason)
+        await self.queue.put_many(jobs)
+        _log_queued(provider, jobs, parsed)
         return adapter.acknowledge(kind)
 
     def _as_published(self, request: WebhookRequest) -> WebhookRequest:
@@ -116,11 +130,26 @@ def authenticated_by(candidates: list[ProviderAdapter], request: WebhookRequest)
     raise first
 
 
-def relay_jobs(parsed: ParsedWebhook) -> list[RelayJob]:
-    """One job per final delivery status and per inbound message; intermediates are not relayed."""
-    jobs: list[RelayJob] = [notification_job(e) for e in parsed.delivery_events if e.outcome.is_final]
-    jobs += [inbound_job(message) for message in parsed.inbound]
-    return jobs
+def relay_jobs(parsed: ParsedWebhook) -> tuple[list[RelayJob], list[tuple[Any, str]]]:
+    """One job per final delivery status and per inbound message (intermediates are not relayed),
+    and the events that cannot become one, each with why: values no job can hold (blank ids,
+    nested values) or a job too large for a queue message."""
+    jobs: list[RelayJob] = []
+    unrelayable: list[tuple[Any, str]] = []
+    events: list[DeliveryEvent | InboundSms] = [e for e in parsed.delivery_events if e.outcome.is_final]
+    events += parsed.inbound
+    for event in events:
+        try:
+            job = notification_job(event) if isinstance(event, DeliveryEvent) else inbound_job(event)
+        except ValidationError as exc:
+            fields = ", ".join(sorted({".".join(map(str, e["loc"])) for e in exc.errors()}))
+            unrelayable.append((dataclasses.asdict(event), f"invalid values: {fields}"))
+            continue
+        if not fits_on_queue(job):
+            unrelayable.append((job.model_dump(mode="json"), "too large for a queue message"))
+            continue
+        jobs.append(job)
+    return jobs, unrelayable
 
 
 def notification_job(event: DeliveryEvent) -> NotificationJob:
@@ -151,14 +180,19 @@ def inbound_job(message: InboundSms) -> InboundJob:
     )
 
 
-def _log_queued(provider: str, parsed: ParsedWebhook) -> None:
+def _log_queued(provider: str, jobs: list[RelayJob], parsed: ParsedWebhook) -> None:
+    for job in jobs:
+        log.info("%s %s MessageId=%s queued", provider, job.kind, job.message_id)
     for event in parsed.delivery_events:
-        log.info(
-            "%s delivery report MessageId=%s status=%s %s",
-            provider,
-            event.message_id,
-            event.provider_status,
-            "queued" if event.outcome.is_final else "(intermediate, not relayed)",
-        )
-    for message in parsed.inbound:
-        log.info("%s inbound MessageId=%s queued", provider, message.message_id)
+        if not event.outcome.is_final:
+            log.info(
+                "%s delivery report MessageId=%s status=%s (intermediate, not relayed)",
+                provider,
+                _printable(event.message_id),
+                _printable(event.provider_status),
+            )
+
+
+def _printable(value: object) -> str:
+    """A provider's value for a log line: never raises, never more than a line."""
+    return repr(value)[:100]

@@ -38,9 +38,10 @@ log = logging.getLogger("sms.relay")
 #: Transient failures before a job is poisoned: with delays doubling from 5 s to 30 minutes, about a day.
 MAX_ATTEMPTS = 60
 MAX_DELAY_SECONDS = 1800.0
-#: A delivery report can overtake the send's own record; look again a few times, then give up.
-UNKNOWN_MESSAGE_ATTEMPTS = 3
-UNKNOWN_MESSAGE_DELAY_SECONDS = 20.0
+#: A delivery report can overtake the send's own record (the provider reported before the app
+#: wrote the message id down): look again soon, then later, then give up.
+UNKNOWN_MESSAGE_DELAYS_SECONDS = (2.0, 20.0)
+UNKNOWN_MESSAGE_ATTEMPTS = len(UNKNOWN_MESSAGE_DELAYS_SECONDS) + 1
 #: How long a worker's claim on an event stands before another may take it over (it died).
 RELAY_LEASE_SECONDS = 600.0
 #: When a duplicate finds its event claimed, it looks again this much later.
@@ -191,12 +192,9 @@ class RelayService:
         elif echoed is not None:
             channel_definition_id, request_id, sender = echoed
         elif job.attempt + 1 < UNKNOWN_MESSAGE_ATTEMPTS:
-            log.info(
-                "%s: message id not known yet; looking again in %.0fs", context, UNKNOWN_MESSAGE_DELAY_SECONDS
-            )
-            await self.queue.put(
-                job.model_copy(update={"attempt": job.attempt + 1}), delay=UNKNOWN_MESSAGE_DELAY_SECONDS
-            )
+            delay = UNKNOWN_MESSAGE_DELAYS_SECONDS[job.attempt]
+            log.info("%s: message id not known yet; looking again in %.0fs", context, delay)
+            await self.queue.put(job.model_copy(update={"attempt": job.attempt + 1}), delay=delay)
             return None
         else:
             log.warning("%s: no send of this app has this message id; dropped", context)
@@ -235,9 +233,10 @@ class RelayService:
         return send.channel_definition_id, send.request_id, send.sender
 
     async def _inbound(self, job: InboundJob) -> InboundPayload:
-        our_number, customer = _e164(job.our_number), _e164(job.customer)
-        if not our_number or not customer:
-            raise _Unresolvable("inbound message without both numbers")
+        # our number may be a short code, which is no phone number; the customer's must be one
+        our_number, customer = _e164(job.our_number) or job.our_number, _e164(job.customer)
+        if customer is None:
+            raise _Unresolvable("the customer's number is not a phone number")
         channel_definition_id = await self.dataverse.channel_definition_for(our_number)
         if channel_definition_id is None:
             raise _Unresolvable(f"no channel instance has the contact point {mask(our_number)}")
@@ -260,12 +259,10 @@ def _correlation(value: str | None) -> tuple[uuid.UUID, str] | None:
         return None
 
 
-def _e164(number: str | None) -> str | None:
-    """Numbers as E.164; short codes and sender names, which are not phone numbers, stay as they are."""
-    if not number:
-        return None
+def _e164(number: str) -> str | None:
+    """The number as E.164 (providers often leave out the +); None when it is no phone number."""
     candidate = number if number.startswith("+") or not number.isdigit() else f"+{number}"
     try:
         return to_e164(candidate)
     except InvalidPhoneNumber:
-        return number
+        return None
