@@ -1,0 +1,750 @@
+// The forwarding plug-in: a synchronous PostOperation step on the channel's outbound custom API that POSTs the
+// custom API's "payload" string to the Function app (POST /api/outbound, envelope {"payload": "<string>"}) and
+// copies the app's "response" string into OutputParameters["response"]. See plugin/README.md.
+//
+// .NET Framework 4.6.2, C# 7.3 at most, base class library + Microsoft.Xrm.Sdk only (runs in the Dataverse sandbox).
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.Globalization;
+using System.Net.Http;
+using System.Text;
+using System.Threading;
+using Microsoft.Xrm.Sdk;
+
+namespace SmsChannel.Plugin
+{
+    /// <summary>
+    /// Forwards the outbound custom API's payload to the SMS Function app.
+    /// Unsecure configuration: {"url": "https://&lt;app&gt;/api/outbound", "timeoutSeconds": 15}.
+    /// Secure configuration: {"functionKey": "&lt;key&gt;"}, sent as the x-functions-key header.
+    /// Stateless: every field is read-only and set by the constructor, so one cached instance can serve all threads.
+    /// </summary>
+    public sealed class OutboundForwarder : IPlugin
+    {
+        public const int DefaultTimeoutSeconds = 15;
+        public const int MinTimeoutSeconds = 1;
+        /// <summary>Well under the 2-minute limit of a Dataverse message operation.</summary>
+        public const int MaxTimeoutSeconds = 60;
+
+        private const string TraceName = "OutboundForwarder";
+        private const string FunctionKeyHeader = "x-functions-key";
+        private const string UnsecureExample = "{\"url\": \"https://<app>/api/outbound\", \"timeoutSeconds\": 15}";
+        private const string SecureExample = "{\"functionKey\": \"<key>\"}";
+
+        // One client for every instance: HttpClient is safe to share between threads and is never changed after
+        // construction (no default headers; each call's timeout is its own cancellation token).
+        private static readonly HttpClient Http = new HttpClient(new HttpClientHandler
+        {
+            AllowAutoRedirect = false,
+            UseCookies = false,
+        })
+        {
+            Timeout = System.Threading.Timeout.InfiniteTimeSpan,
+        };
+
+        private readonly Uri _url;
+        private readonly TimeSpan _timeout;
+        private readonly string _functionKey;
+        private readonly string _configurationError;
+
+        public OutboundForwarder(string unsecureConfig, string secureConfig)
+        {
+            // A configuration problem is reported by Execute, as an InvalidPluginExecutionException naming it: thrown
+            // here it would reach the caller only as a failure to create the plug-in type.
+            var problems = new List<string>();
+            Uri url = null;
+            var timeoutSeconds = (double)DefaultTimeoutSeconds;
+            string functionKey = null;
+
+            Dictionary<string, object> unsecure;
+            if (string.IsNullOrWhiteSpace(unsecureConfig))
+            {
+                problems.Add("the unsecure configuration is empty; it must be JSON like " + UnsecureExample);
+            }
+            else if (!Json.TryReadObject(unsecureConfig, out unsecure))
+            {
+                problems.Add("the unsecure configuration is not a JSON object like " + UnsecureExample);
+            }
+            else
+            {
+                object value;
+                var urlText = Json.String(unsecure, "url");
+                if (!unsecure.TryGetValue("url", out value) || value == null)
+                {
+                    problems.Add("\"url\" is missing from the unsecure configuration " + UnsecureExample);
+                }
+                else if (urlText == null || !Uri.TryCreate(urlText.Trim(), UriKind.Absolute, out url)
+                         || (url.Scheme != Uri.UriSchemeHttps && url.Scheme != Uri.UriSchemeHttp))
+                {
+                    url = null;
+                    problems.Add("\"url\" in the unsecure configuration is not an absolute https:// URL");
+                }
+                if (unsecure.TryGetValue("timeoutSeconds", out value) && value != null)
+                {
+                    if (!(value is double) || double.IsNaN((double)value) || (double)value < MinTimeoutSeconds
+                        || (double)value > MaxTimeoutSeconds)
+                    {
+                        problems.Add(string.Format(CultureInfo.InvariantCulture,
+                            "\"timeoutSeconds\" in the unsecure configuration must be a number of seconds from {0} to "
+                            + "{1} (default {2})", MinTimeoutSeconds, MaxTimeoutSeconds, DefaultTimeoutSeconds));
+                    }
+                    else
+                    {
+                        timeoutSeconds = (double)value;
+                    }
+                }
+            }
+
+            // never echo the secure configuration: it holds the key
+            Dictionary<string, object> secure;
+            if (string.IsNullOrWhiteSpace(secureConfig))
+            {
+                problems.Add("the secure configuration is empty; it must be JSON like " + SecureExample);
+            }
+            else if (!Json.TryReadObject(secureConfig, out secure))
+            {
+                problems.Add("the secure configuration is not a JSON object like " + SecureExample);
+            }
+            else
+            {
+                var key = Json.String(secure, "functionKey");
+                if (string.IsNullOrWhiteSpace(key))
+                {
+                    problems.Add("\"functionKey\" is missing from the secure configuration " + SecureExample);
+                }
+                else if (!IsHeaderToken(key.Trim()))
+                {
+                    problems.Add("\"functionKey\" in the secure configuration holds spaces or characters a header "
+                                 + "value cannot carry");
+                }
+                else
+                {
+                    functionKey = key.Trim();
+                }
+            }
+
+            _url = url;
+            _timeout = TimeSpan.FromSeconds(timeoutSeconds);
+            _functionKey = functionKey;
+            _configurationError = problems.Count == 0
+                ? null
+                : "The forwarding plug-in step of the SMS channel is misconfigured: " + string.Join("; ", problems)
+                  + ".";
+        }
+
+        public void Execute(IServiceProvider serviceProvider)
+        {
+            if (serviceProvider == null)
+            {
+                throw new InvalidPluginExecutionException(
+                    TraceName + ": Execute was called without a service provider.");
+            }
+            var tracing = (ITracingService)serviceProvider.GetService(typeof(ITracingService));
+            var context = (IPluginExecutionContext)serviceProvider.GetService(typeof(IPluginExecutionContext));
+            if (context == null)
+            {
+                throw new InvalidPluginExecutionException(
+                    TraceName + ": the service provider has no IPluginExecutionContext.");
+            }
+            if (_configurationError != null)
+            {
+                Trace(tracing, "{0}: outcome=Misconfigured ({1})", TraceName, _configurationError);
+                throw new InvalidPluginExecutionException(_configurationError);
+            }
+
+            object input;
+            var payload = context.InputParameters != null && context.InputParameters.TryGetValue("payload", out input)
+                ? input as string
+                : null;
+            if (payload == null)
+            {
+                Trace(tracing, "{0}: outcome=NoPayload", TraceName);
+                throw new InvalidPluginExecutionException(
+                    "The outbound custom API was called without its \"payload\" input parameter (a string).");
+            }
+
+            var requestId = RequestIdOf(payload);
+            var watch = Stopwatch.StartNew();
+            Answer answer;
+            try
+            {
+                answer = Post(payload);
+            }
+            catch (Exception exc)
+            {
+                var timedOut = exc is TimeoutException;
+                Trace(tracing, "{0}: RequestId={1} outcome={2} durationMs={3}", TraceName, requestId,
+                    timedOut ? "Timeout" : "Unreachable", watch.ElapsedMilliseconds);
+                throw new InvalidPluginExecutionException(string.Format(CultureInfo.InvariantCulture,
+                    "The SMS app {0} for RequestId {1}: retry later with the same RequestId (the app never sends one "
+                    + "RequestId twice).", timedOut ? exc.Message : "could not be reached (" + Innermost(exc) + ")",
+                    requestId));
+            }
+
+            if (answer.Status == 200)
+            {
+                Dictionary<string, object> envelope;
+                var response = Json.TryReadObject(answer.Body, out envelope) ? Json.String(envelope, "response") : null;
+                if (response == null)
+                {
+                    Trace(tracing, "{0}: RequestId={1} outcome=NoResponse http=200 durationMs={2}", TraceName,
+                        requestId, watch.ElapsedMilliseconds);
+                    throw new InvalidPluginExecutionException(string.Format(CultureInfo.InvariantCulture,
+                        "The SMS app answered RequestId {0} with HTTP 200 but without a \"response\" string: check "
+                        + "that \"url\" in the step's unsecure configuration is the app's /api/outbound.", requestId));
+                }
+                context.OutputParameters["response"] = response;
+                Trace(tracing, "{0}: RequestId={1} outcome={2} http=200 durationMs={3}", TraceName, requestId,
+                    StatusOf(response), watch.ElapsedMilliseconds);
+                return;
+            }
+
+            Dictionary<string, object> document;
+            var error = Json.TryReadObject(answer.Body, out document) ? Json.Object(document, "error") : null;
+            var code = Json.String(error, "code");
+            Trace(tracing, "{0}: RequestId={1} outcome={2} http={3} durationMs={4}{5}", TraceName, requestId,
+                Printable(string.IsNullOrEmpty(code) ? "HTTP" + answer.Status : code, 40), answer.Status,
+                watch.ElapsedMilliseconds, answer.Status == 400 ? " fields=" + Names(error, "fields", "field") : "");
+            throw new InvalidPluginExecutionException(Explain(answer, requestId, error));
+        }
+
+        // -- HTTP -------------------------------------------------------------------------------------------------
+
+        private sealed class Answer
+        {
+            public int Status;
+            public string Body;
+            public string RetryAfter;
+        }
+
+        private Answer Post(string payload)
+        {
+            using (var cancel = new CancellationTokenSource(_timeout))
+            using (var request = new HttpRequestMessage(HttpMethod.Post, _url))
+            {
+                request.Headers.TryAddWithoutValidation(FunctionKeyHeader, _functionKey);
+                request.Headers.ConnectionClose = true; // sandbox guidance: no keep-alive
+                request.Content = new StringContent(Json.Envelope(payload), Encoding.UTF8, "application/json");
+                try
+                {
+                    // the token bounds the whole exchange, body included (HttpCompletionOption.ResponseContentRead)
+                    using (var response = Http.SendAsync(request, cancel.Token).GetAwaiter().GetResult())
+                    {
+                        var body = response.Content == null
+                            ? ""
+                            : response.Content.ReadAsStringAsync().GetAwaiter().GetResult();
+                        IEnumerable<string> values;
+                        return new Answer
+                        {
+                            Status = (int)response.StatusCode,
+                            Body = body,
+                            RetryAfter = response.Headers.TryGetValues("Retry-After", out values)
+                                ? string.Join(",", values)
+                                : null,
+                        };
+                    }
+                }
+                catch (Exception) when (cancel.IsCancellationRequested)
+                {
+                    // however the handler reports the cancelled exchange (TaskCanceledException, an IOException while
+                    // reading the body, ...), the cause is the timeout
+                    throw new TimeoutException(string.Format(CultureInfo.InvariantCulture,
+                        "did not answer within {0} s (timeoutSeconds)", _timeout.TotalSeconds));
+                }
+            }
+        }
+
+        private string Innermost(Exception exc)
+        {
+            while (exc.InnerException != null)
+            {
+                exc = exc.InnerException;
+            }
+            return Redact(exc.GetType().Name + ": " + exc.Message);
+        }
+
+        /// <summary>Defence in depth: nothing built from an exception or an answer may carry the key.</summary>
+        private string Redact(string text)
+        {
+            if (string.IsNullOrEmpty(text))
+            {
+                return text;
+            }
+            if (!string.IsNullOrEmpty(_functionKey))
+            {
+                text = text.Replace(_functionKey, "[redacted]");
+            }
+            if (_url != null && _url.Query.Length > 1)
+            {
+                text = text.Replace(_url.Query, "?[redacted]");
+            }
+            return text;
+        }
+
+        private static bool IsHeaderToken(string value)
+        {
+            foreach (var c in value)
+            {
+                if (c <= 0x20 || c >= 0x7f)
+                {
+                    return false;
+                }
+            }
+            return true;
+        }
+
+        // -- what the app answered --------------------------------------------------------------------------------
+
+        private string Explain(Answer answer, string requestId, Dictionary<string, object> error)
+        {
+            var code = Printable(Json.String(error, "code") ?? "", 40);
+            var message = Json.String(error, "message");
+            var detail = string.IsNullOrEmpty(message) ? "" : ": " + Printable(Redact(message), 300);
+            var after = string.IsNullOrEmpty(answer.RetryAfter)
+                ? ""
+                : ", Retry-After " + Printable(answer.RetryAfter, 20) + " s";
+            switch (answer.Status)
+            {
+                case 400:
+                    var fields = Fields(error);
+                    return string.Format(CultureInfo.InvariantCulture,
+                        "The SMS app refused the payload of RequestId {0} (HTTP 400 {1}){2}. Sending it again "
+                        + "unchanged fails again.", requestId, code.Length > 0 ? code : "Bad Request",
+                        fields.Length > 0 ? ": invalid fields: " + fields : detail);
+                case 429:
+                    return string.Format(CultureInfo.InvariantCulture,
+                        "The SMS app is throttling requests (HTTP 429{0}); nothing was sent for RequestId {1}: retry "
+                        + "later with the same RequestId.", after, requestId);
+                case 503:
+                    if (code == "Misconfigured")
+                    {
+                        return string.Format(CultureInfo.InvariantCulture,
+                            "The SMS app is misconfigured (HTTP 503 Misconfigured, settings: {0}); nothing was sent "
+                            + "for RequestId {1}: an operator must fix the app settings, then retry later.",
+                            Names(error, "settings", "setting"), requestId);
+                    }
+                    return string.Format(CultureInfo.InvariantCulture,
+                        "The SMS app is temporarily unavailable (HTTP 503 {0}{1}){2}; retry later with the same "
+                        + "RequestId {3}.", code.Length > 0 ? code : "Service Unavailable", after, detail, requestId);
+                case 401:
+                case 403:
+                    return string.Format(CultureInfo.InvariantCulture,
+                        "The SMS app refused the function key (HTTP {0}) for RequestId {1}: check \"functionKey\" in "
+                        + "the step's secure configuration.", answer.Status, requestId);
+                case 404:
+                    return string.Format(CultureInfo.InvariantCulture,
+                        "The SMS app has no such endpoint (HTTP 404) for RequestId {0}: check \"url\" in the step's "
+                        + "unsecure configuration (it ends in /api/outbound).", requestId);
+                case 413:
+                    return string.Format(CultureInfo.InvariantCulture,
+                        "The SMS app refused the payload of RequestId {0} as too large (HTTP 413){1}.", requestId,
+                        detail);
+                default:
+                    if (answer.Status >= 300 && answer.Status < 400)
+                    {
+                        return string.Format(CultureInfo.InvariantCulture,
+                            "The SMS app redirected RequestId {0} (HTTP {1}), which the plug-in does not follow: check "
+                            + "\"url\" in the step's unsecure configuration (https://, the app's own host name).",
+                            requestId, answer.Status);
+                    }
+                    if (answer.Status >= 500)
+                    {
+                        return string.Format(CultureInfo.InvariantCulture,
+                            "The SMS app failed (HTTP {0}) for RequestId {1}: retry later with the same RequestId (the "
+                            + "app never sends one RequestId twice).", answer.Status, requestId);
+                    }
+                    return string.Format(CultureInfo.InvariantCulture,
+                        "The SMS app answered RequestId {0} with an unexpected HTTP {1}.", requestId, answer.Status);
+            }
+        }
+
+        /// <summary>"To (message), ChannelDefinitionId (message)" from a 400's error.fields.</summary>
+        private string Fields(Dictionary<string, object> error)
+        {
+            var parts = new List<string>();
+            var fields = Json.Array(error, "fields");
+            if (fields == null)
+            {
+                return "";
+            }
+            foreach (var item in fields)
+            {
+                var entry = item as Dictionary<string, object>;
+                var name = Json.String(entry, "field");
+                if (string.IsNullOrEmpty(name))
+                {
+                    continue;
+                }
+                var message = Json.String(entry, "message");
+                parts.Add(Printable(name, 80)
+                          + (string.IsNullOrEmpty(message) ? "" : " (" + Printable(Redact(message), 200) + ")"));
+            }
+            return string.Join(", ", parts);
+        }
+
+        /// <summary>Names only (traces, Misconfigured): error.fields[].field, error.settings[].setting.</summary>
+        private static string Names(Dictionary<string, object> error, string list, string member)
+        {
+            var names = new List<string>();
+            var items = Json.Array(error, list);
+            if (items != null)
+            {
+                foreach (var item in items)
+                {
+                    var name = Json.String(item as Dictionary<string, object>, member);
+                    if (!string.IsNullOrEmpty(name))
+                    {
+                        names.Add(Printable(name, 80));
+                    }
+                }
+            }
+            return names.Count > 0 ? string.Join(",", names) : "(none named)";
+        }
+
+        // -- tracing: RequestId, outcome and duration; never the key, a phone number or the message text -------------
+
+        private static void Trace(ITracingService tracing, string format, params object[] args)
+        {
+            if (tracing != null)
+            {
+                tracing.Trace(format, args);
+            }
+        }
+
+        private static string RequestIdOf(string payload)
+        {
+            Dictionary<string, object> document;
+            var requestId = Json.TryReadObject(payload, out document) ? Json.String(document, "RequestId") : null;
+            return string.IsNullOrEmpty(requestId) ? "(unknown)" : Printable(requestId, 100);
+        }
+
+        private static string StatusOf(string response)
+        {
+            Dictionary<string, object> document;
+            var status = Json.TryReadObject(response, out document) ? Json.String(document, "Status") : null;
+            return string.IsNullOrEmpty(status) ? "(no Status)" : Printable(status, 40);
+        }
+
+        private static string Printable(string text, int max)
+        {
+            var builder = new StringBuilder(Math.Min(text.Length, max + 3));
+            foreach (var c in text)
+            {
+                if (builder.Length == max)
+                {
+                    builder.Append("...");
+                    break;
+                }
+                builder.Append(char.IsControl(c) ? '?' : c);
+            }
+            return builder.ToString();
+        }
+
+        // -- JSON (a small reader: no reflection, so nothing depends on the sandbox's trust level) ------------------
+
+        private static class Json
+        {
+            private const int MaxDepth = 64;
+
+            /// <summary>Parses a JSON object; false when the text is not JSON or not an object.</summary>
+            public static bool TryReadObject(string text, out Dictionary<string, object> value)
+            {
+                value = null;
+                if (string.IsNullOrWhiteSpace(text))
+                {
+                    return false;
+                }
+                try
+                {
+                    var reader = new Reader(text);
+                    var document = reader.ReadDocument();
+                    value = document as Dictionary<string, object>;
+                    return value != null;
+                }
+                catch (FormatException)
+                {
+                    return false;
+                }
+            }
+
+            /// <summary>The member's value when it is a string, otherwise null.</summary>
+            public static string String(Dictionary<string, object> document, string name)
+            {
+                object value;
+                return document != null && document.TryGetValue(name, out value) ? value as string : null;
+            }
+
+            public static Dictionary<string, object> Object(Dictionary<string, object> document, string name)
+            {
+                object value;
+                return document != null && document.TryGetValue(name, out value)
+                    ? value as Dictionary<string, object>
+                    : null;
+            }
+
+            public static List<object> Array(Dictionary<string, object> document, string name)
+            {
+                object value;
+                return document != null && document.TryGetValue(name, out value) ? value as List<object> : null;
+            }
+
+            private sealed class Reader
+            {
+                private readonly string _text;
+                private int _at;
+
+                public Reader(string text)
+                {
+                    _text = text;
+                }
+
+                public object ReadDocument()
+                {
+                    var value = ReadValue(0);
+                    SkipWhitespace();
+                    if (_at != _text.Length)
+                    {
+                        throw Error();
+                    }
+                    return value;
+                }
+
+                private object ReadValue(int depth)
+                {
+                    if (depth > MaxDepth)
+                    {
+                        throw Error();
+                    }
+                    SkipWhitespace();
+                    if (_at >= _text.Length)
+                    {
+                        throw Error();
+                    }
+                    var c = _text[_at];
+                    switch (c)
+                    {
+                        case '{': return ReadObject(depth);
+                        case '[': return ReadArray(depth);
+                        case '"': return ReadString();
+                        case 't': return ReadLiteral("true", true);
+                        case 'f': return ReadLiteral("false", false);
+                        case 'n': return ReadLiteral("null", null);
+                        default:
+                            if (c == '-' || (c >= '0' && c <= '9'))
+                            {
+                                return ReadNumber();
+                            }
+                            throw Error();
+                    }
+                }
+
+                private Dictionary<string, object> ReadObject(int depth)
+                {
+                    var result = new Dictionary<string, object>(StringComparer.Ordinal);
+                    _at++; // {
+                    SkipWhitespace();
+                    if (Peek() == '}')
+                    {
+                        _at++;
+                        return result;
+                    }
+                    while (true)
+                    {
+                        SkipWhitespace();
+                        if (Peek() != '"')
+                        {
+                            throw Error();
+                        }
+                        var name = ReadString();
+                        SkipWhitespace();
+                        Expect(':');
+                        result[name] = ReadValue(depth + 1); // the last duplicate wins, as in most readers
+                        SkipWhitespace();
+                        var next = Next();
+                        if (next == '}')
+                        {
+                            return result;
+                        }
+                        if (next != ',')
+                        {
+                            throw Error();
+                        }
+                    }
+                }
+
+                private List<object> ReadArray(int depth)
+                {
+                    var result = new List<object>();
+                    _at++; // [
+                    SkipWhitespace();
+                    if (Peek() == ']')
+                    {
+                        _at++;
+                        return result;
+                    }
+                    while (true)
+                    {
+                        result.Add(ReadValue(depth + 1));
+                        SkipWhitespace();
+                        var next = Next();
+                        if (next == ']')
+                        {
+                            return result;
+                        }
+                        if (next != ',')
+                        {
+                            throw Error();
+                        }
+                    }
+                }
+
+                private string ReadString()
+                {
+                    _at++; // opening quote
+                    var builder = new StringBuilder();
+                    while (true)
+                    {
+                        var c = Next();
+                        if (c == '"')
+                        {
+                            return builder.ToString();
+                        }
+                        if (c < 0x20)
+                        {
+                            throw Error();
+                        }
+                        if (c != '\\')
+                        {
+                            builder.Append(c);
+                            continue;
+                        }
+                        var escape = Next();
+                        switch (escape)
+                        {
+                            case '"': builder.Append('"'); break;
+                            case '\\': builder.Append('\\'); break;
+                            case '/': builder.Append('/'); break;
+                            case 'b': builder.Append('\b'); break;
+                            case 'f': builder.Append('\f'); break;
+                            case 'n': builder.Append('\n'); break;
+                            case 'r': builder.Append('\r'); break;
+                            case 't': builder.Append('\t'); break;
+                            case 'u':
+                                if (_at + 4 > _text.Length)
+                                {
+                                    throw Error();
+                                }
+                                int code;
+                                if (!int.TryParse(_text.Substring(_at, 4), NumberStyles.AllowHexSpecifier,
+                                        CultureInfo.InvariantCulture, out code))
+                                {
+                                    throw Error();
+                                }
+                                builder.Append((char)code);
+                                _at += 4;
+                                break;
+                            default:
+                                throw Error();
+                        }
+                    }
+                }
+
+                private double ReadNumber()
+                {
+                    var start = _at;
+                    while (_at < _text.Length && "+-0123456789.eE".IndexOf(_text[_at]) >= 0)
+                    {
+                        _at++;
+                    }
+                    double value;
+                    if (!double.TryParse(_text.Substring(start, _at - start), NumberStyles.Float,
+                            CultureInfo.InvariantCulture, out value))
+                    {
+                        throw Error();
+                    }
+                    return value;
+                }
+
+                private object ReadLiteral(string literal, object value)
+                {
+                    if (string.CompareOrdinal(_text, _at, literal, 0, literal.Length) != 0)
+                    {
+                        throw Error();
+                    }
+                    _at += literal.Length;
+                    return value;
+                }
+
+                private void SkipWhitespace()
+                {
+                    while (_at < _text.Length && (_text[_at] == ' ' || _text[_at] == '\t' || _text[_at] == '\n'
+                                                  || _text[_at] == '\r'))
+                    {
+                        _at++;
+                    }
+                }
+
+                private char Peek()
+                {
+                    return _at < _text.Length ? _text[_at] : '\0';
+                }
+
+                private char Next()
+                {
+                    if (_at >= _text.Length)
+                    {
+                        throw Error();
+                    }
+                    return _text[_at++];
+                }
+
+                private void Expect(char c)
+                {
+                    if (Next() != c)
+                    {
+                        throw Error();
+                    }
+                }
+
+                private FormatException Error()
+                {
+                    return new FormatException(
+                        "not JSON (at character " + _at.ToString(CultureInfo.InvariantCulture) + ")");
+                }
+            }
+
+            /// <summary>{"payload": "&lt;payload&gt;"}: the string unchanged, escaped as ASCII-only JSON.</summary>
+            public static string Envelope(string payload)
+            {
+                var builder = new StringBuilder(payload.Length + 16);
+                builder.Append("{\"payload\":\"");
+                foreach (var c in payload)
+                {
+                    switch (c)
+                    {
+                        case '"': builder.Append("\\\""); break;
+                        case '\\': builder.Append("\\\\"); break;
+                        case '\b': builder.Append("\\b"); break;
+                        case '\f': builder.Append("\\f"); break;
+                        case '\n': builder.Append("\\n"); break;
+                        case '\r': builder.Append("\\r"); break;
+                        case '\t': builder.Append("\\t"); break;
+                        default:
+                            if (c < 0x20 || c > 0x7e)
+                            {
+                                builder.Append("\\u").Append(((int)c).ToString("x4", CultureInfo.InvariantCulture));
+                            }
+                            else
+                            {
+                                builder.Append(c);
+                            }
+                            break;
+                    }
+                }
+                builder.Append("\"}");
+                return builder.ToString();
+            }
+        }
+    }
+}
