@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -383,6 +384,8 @@ class SendLedger:
             "State": "Relaying",
             "LeaseUntil": self.lease(lease_seconds),
             "ExpiresAt": self.expiry(),
+            # lets this call recognise its own insert when the SDK retried it after a lost answer
+            "Owner": uuid.uuid4().hex,
         }
         try:
             metadata = await self._call(self._relayed.create_entity, entity)
@@ -395,6 +398,8 @@ class SendLedger:
             return RelayClaim(RelayClaimState.BUSY)
         if existing.get("State") == "Relayed":
             return RelayClaim(RelayClaimState.DONE)
+        if existing.get("Owner") == entity["Owner"]:
+            return RelayClaim(RelayClaimState.CLAIMED, existing.metadata.get("etag"))
         if _utc(existing["LeaseUntil"]) > self.now:
             return RelayClaim(RelayClaimState.BUSY)
         try:  # the claimant died mid-relay: take its claim over

@@ -12,6 +12,7 @@ from typing import Any
 
 import azure.functions as func
 import pytest
+from azure.core.exceptions import ResourceExistsError
 
 from contracts import ChannelStatus
 from dataverse.client import DataverseClient
@@ -283,3 +284,25 @@ async def test_unreadable_queue_message_goes_to_poison(
     [message] = list(relay_queues.poison.peek_messages())
     assert base64.b64decode(message.content) == b'{"kind": "nonsense"}'
     assert "not a relay job" in caplog.text
+
+
+async def test_a_claim_whose_answer_was_lost_is_still_this_workers(
+    ledger: SendLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storage SDK retries an insert whose answer it lost; the retry meets the row the first try
+    wrote. That row is this worker's claim, not another's (which would hold the event for a lease)."""
+    table = ledger._relayed
+    insert = table.create_entity
+
+    def insert_then_lose_the_answer(entity: dict[str, Any], **kwargs: Any) -> Any:
+        insert(entity, **kwargs)
+        raise ResourceExistsError("the retried insert meets the first one")
+
+    monkeypatch.setattr(table, "create_entity", insert_then_lose_the_answer)
+    key = f"notification|SM{uuid.uuid4().hex}|Delivered"
+    async with ledger.relay_claim("twilio", key, lease_seconds=600) as claim:
+        assert claim.state is RelayClaimState.CLAIMED
+        claim.relayed()
+    monkeypatch.undo()
+    async with ledger.relay_claim("twilio", key, lease_seconds=600) as again:
+        assert again.state is RelayClaimState.DONE

@@ -90,6 +90,9 @@ class RelayService:
             if claim.state is RelayClaimState.DONE:
                 log.info("duplicate %s: already relayed", context)
             elif claim.state is RelayClaimState.BUSY:  # a duplicate is being relayed: look again later
+                log.info(
+                    "%s: being relayed by another worker; looking again in %.0fs", context, BUSY_DELAY_SECONDS
+                )
                 await self.queue.put(whole, delay=BUSY_DELAY_SECONDS)
             elif await self._relay(whole, context, record):
                 claim.relayed()
