@@ -48,19 +48,27 @@ async def handle(services: Services, req: func.HttpRequest, kind: WebhookKind) -
     except (StorageUnavailable, ConfigurationError) as exc:
         log.error("%s %s webhook not queued (%s); the provider should retry", provider, kind, exc)
         return error_answer(exc, anonymous=True)
-    return func.HttpResponse(ack.body, status_code=ack.status_code, mimetype=ack.mimetype)
+    return func.HttpResponse(
+        ack.body, status_code=ack.status_code, mimetype=ack.mimetype, headers=ack.headers
+    )
 
 
 def blueprint(services: Services) -> func.Blueprint:
     bp = func.Blueprint()
 
     @bp.function_name("delivery_reports")
-    @bp.route(route=webhook_route("delivery-reports"), methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+    @bp.route(
+        route=webhook_route("delivery-reports"),
+        methods=["POST", "OPTIONS"],
+        auth_level=func.AuthLevel.ANONYMOUS,
+    )
     async def delivery_reports(req: func.HttpRequest) -> func.HttpResponse:
         return await handle(services, req, "delivery-reports")
 
     @bp.function_name("inbound")
-    @bp.route(route=webhook_route("inbound"), methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+    @bp.route(
+        route=webhook_route("inbound"), methods=["POST", "OPTIONS"], auth_level=func.AuthLevel.ANONYMOUS
+    )
     async def inbound(req: func.HttpRequest) -> func.HttpResponse:
         return await handle(services, req, "inbound")
 

@@ -35,6 +35,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import AsyncGenerator, Generator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -66,7 +67,9 @@ from channels.events import (
 )
 from channels.signatures import same
 from channels.tables import ProviderTables, classify_delivery, log_unknown_status, send_failure_reason
-from core.settings import AppSettings, load
+from core.settings import AppSettings, ConfigurationError, load
+
+log = logging.getLogger("sms.providers")
 
 TABLES = ProviderTables(
     # deliveryStatus, lower-cased
@@ -84,6 +87,9 @@ VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
 DELIVERY_REPORT_EVENT = "Microsoft.Communication.SMSDeliveryReportReceived"
 SMS_RECEIVED_EVENT = "Microsoft.Communication.SMSReceived"
 ACS_RESOURCE = "https://communication.azure.com"
+#: Event Grid's output batching delivers up to 1 MB per request (the preferred batch size in KB is
+#: at most 1024); the margin covers headers counted differently.
+MAX_WEBHOOK_BYTES = 1024 * 1024 + 64 * 1024
 
 
 class AcsSettings(BaseSettings):
@@ -99,6 +105,8 @@ class AcsSettings(BaseSettings):
     #: Shared secret Event Grid sends with each delivery (as ``?secret=`` in the subscription's
     #: endpoint URL, or an ``X-Webhook-Secret`` delivery header): Event Grid does not sign events.
     webhook_secret: SecretStr | None = None
+    #: The secret being rotated out: accepted too until every subscription uses the new one.
+    webhook_secret_previous: SecretStr | None = None
 
     @model_validator(mode="after")
     def _endpoint_known(self) -> AcsSettings:
@@ -190,6 +198,7 @@ class AcsAdapter:
     #: ACS tracks repeatable requests for 5 minutes; keep a margin for clock skew.
     idempotent_resend_window: ClassVar[timedelta | None] = timedelta(minutes=4)
     tables: ClassVar[ProviderTables] = TABLES
+    max_webhook_bytes: ClassVar[int | None] = MAX_WEBHOOK_BYTES
 
     def __init__(
         self,
@@ -247,14 +256,19 @@ class AcsAdapter:
     # -- webhooks (Event Grid, Event Grid schema) ----------------------------------------------
 
     def verify_webhook(self, request: WebhookRequest) -> None:
+        """The shared secret (current or previous); a subscription's validation handshake needs
+        none: it only echoes a code or an origin, and whether Event Grid sends the subscription's
+        delivery headers with it is not documented."""
+        if _handshake(request) is not None:
+            return
         received = request.header("X-Webhook-Secret") or request.query.get("secret")
         if not received:
             raise WebhookRejected(401, "no webhook secret (?secret= or X-Webhook-Secret)")
-        if self.settings.webhook_secret is None:
-            raise WebhookRejected(
-                403, "ACS_WEBHOOK_SECRET is not set: Event Grid deliveries cannot be verified"
-            )
-        if not same(self.settings.webhook_secret.get_secret_value(), received):
+        secrets = [s for s in (self.settings.webhook_secret, self.settings.webhook_secret_previous) if s]
+        if not secrets:
+            # Event Grid drops what is answered 401/403: say "later" until the setting is fixed
+            raise ConfigurationError.single("ACS_WEBHOOK_SECRET", "required to verify Event Grid deliveries")
+        if not any(same(secret.get_secret_value(), received) for secret in secrets):
             raise WebhookRejected(403, "webhook secret does not match")
 
     def parse_delivery_reports(self, request: WebhookRequest) -> ParsedWebhook:
@@ -267,31 +281,32 @@ class AcsAdapter:
         return WebhookAck()
 
     def _parse(self, request: WebhookRequest, wanted: str) -> ParsedWebhook:
+        """Event Grid schema (an array, ``eventType``) or CloudEvents 1.0 (``type``; one event, or a
+        batch array). An event that cannot be read is set aside; the others are relayed, since
+        Event Grid never re-delivers what was answered 400."""
+        handshake = _handshake(request)
+        if handshake is not None:
+            return ParsedWebhook(handshake=handshake)
         events = request.json()
         if isinstance(events, dict):
             events = [events]
-        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-            raise InvalidWebhook("expected an array of Event Grid events")
+        if not isinstance(events, list):
+            raise InvalidWebhook("expected an array of Event Grid events or a CloudEvent")
         parsed = ParsedWebhook()
         for raw in events:
             event = _folded(raw)
-            event_type = str(event.get("eventtype", ""))
-            data = _folded(event.get("data") or {})
-            if event_type.lower() == VALIDATION_EVENT.lower():
-                code = data.get("validationcode")
-                if not code:
-                    raise InvalidWebhook("validation event without validationCode")
-                return ParsedWebhook(
-                    handshake=WebhookAck(
-                        json.dumps({"validationResponse": code}), mimetype="application/json"
-                    )
-                )
+            event_type = event.get("eventtype", event.get("type"))
+            if not isinstance(raw, dict) or not isinstance(event_type, str):
+                parsed.unreadable.append((raw, "not an event: no eventType or type"))
+                continue
             if event_type.lower() != wanted.lower():
-                continue  # another event type routed here: acknowledged, not ours to relay
+                log.info("acs: %s event acknowledged, not relayed", _printable(event_type))
+                continue  # another event type routed here: not ours to relay
+            data = _folded(event.get("data"))
             message_id = data.get("messageid")
-            if not message_id:
-                raise InvalidWebhook(f"{event_type} without messageId")
-            if wanted == DELIVERY_REPORT_EVENT:
+            if not isinstance(message_id, (str, int)) or not str(message_id).strip():
+                parsed.unreadable.append((raw, f"{event_type} without a messageId"))
+            elif wanted == DELIVERY_REPORT_EVENT:
                 parsed.delivery_events.append(_delivery_event(str(message_id), data))
             else:
                 parsed.inbound.append(
@@ -304,6 +319,39 @@ class AcsAdapter:
                     )
                 )
         return parsed
+
+
+def _handshake(request: WebhookRequest) -> WebhookAck | None:
+    """The answer to a subscription's validation, if ``request`` is one.
+
+    CloudEvents 1.0: an OPTIONS request with ``WebHook-Request-Origin``, answered with
+    ``WebHook-Allowed-Origin``. Event Grid schema: a POST whose only event is a
+    SubscriptionValidationEvent, answered with its ``validationCode``.
+    """
+    if request.method.upper() == "OPTIONS":
+        origin = request.header("WebHook-Request-Origin")
+        if not origin:
+            raise InvalidWebhook("OPTIONS without WebHook-Request-Origin")
+        return WebhookAck(headers={"WebHook-Allowed-Origin": origin[:200], "Allow": "POST, OPTIONS"})
+    if b"ubscriptionValidation" not in request.body:  # cheap test before parsing every delivery
+        return None
+    try:
+        events = json.loads(request.body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(events, list) or len(events) != 1:
+        return None
+    event = _folded(events[0])
+    if str(event.get("eventtype", "")).lower() != VALIDATION_EVENT.lower():
+        return None
+    code = _folded(event.get("data")).get("validationcode")
+    if not isinstance(code, str) or not code.strip() or len(code) > 200:
+        raise InvalidWebhook("validation event without a usable validationCode")
+    return WebhookAck(json.dumps({"validationResponse": code}), mimetype="application/json")
+
+
+def _printable(value: object) -> str:
+    return repr(value)[:80]
 
 
 def _folded(value: Any) -> dict[str, Any]:

@@ -68,6 +68,8 @@ class ProviderAdapter(Protocol):
     idempotent_resend_window: ClassVar[timedelta | None]
     #: The provider's status and error tables (the module's ``TABLES``).
     tables: ClassVar[ProviderTables]
+    #: The largest webhook body the provider may send; None: MAX_BODY_BYTES (64 KiB by default).
+    max_webhook_bytes: ClassVar[int | None]
 
     async def send(self, request: SendRequest) -> SendReceipt:
         """Hand one message to the provider or raise a :mod:`channels.errors` exception."""
@@ -76,7 +78,8 @@ class ProviderAdapter(Protocol):
     async def aclose(self) -> None: ...
 
     def verify_webhook(self, request: WebhookRequest) -> None:
-        """Raise WebhookRejected unless the request provably comes from the provider."""
+        """Raise WebhookRejected unless the request provably comes from the provider, or
+        ConfigurationError when a setting needed to tell is missing (answered 503: retry later)."""
         ...
 
     def parse_delivery_reports(self, request: WebhookRequest) -> ParsedWebhook: ...

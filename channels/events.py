@@ -156,7 +156,7 @@ class WebhookAck:
     body: str = ""
     status_code: int = 200
     mimetype: str = "text/plain"
-    extra: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,3 +165,6 @@ class ParsedWebhook:
     inbound: list[InboundSms] = field(default_factory=list)
     #: Set when the provider only wants an answer (e.g. Event Grid's validation handshake).
     handshake: WebhookAck | None = None
+    #: Events of an authentic delivery that cannot be read, each as received with why: kept for an
+    #: operator while the readable ones are relayed (a provider never re-sends what was accepted).
+    unreadable: list[tuple[Any, str]] = field(default_factory=list)

@@ -51,7 +51,7 @@ from channels.events import (
 )
 from channels.signatures import same
 from channels.tables import ProviderTables, classify_delivery, log_unknown_status, send_failure_reason
-from core.settings import AppSettings, load
+from core.settings import AppSettings, ConfigurationError, load
 
 TABLES = ProviderTables(
     # status.groupName, upper-cased
@@ -95,6 +95,7 @@ class InfobipAdapter:
     name: ClassVar[str] = "infobip"
     idempotent_resend_window: ClassVar[timedelta | None] = None
     tables: ClassVar[ProviderTables] = TABLES
+    max_webhook_bytes: ClassVar[int | None] = None  # MAX_BODY_BYTES
 
     def __init__(
         self, settings: InfobipSettings, *, delivery_report_url: str | None = None, timeout: float = 5.0
@@ -165,7 +166,9 @@ class InfobipAdapter:
             raise WebhookRejected(401, "no Basic credentials")
         username, password = self.settings.webhook_username, self.settings.webhook_password
         if not username or password is None:
-            raise WebhookRejected(403, "INFOBIP_WEBHOOK_USERNAME / INFOBIP_WEBHOOK_PASSWORD are not set")
+            raise ConfigurationError.single(
+                "INFOBIP_WEBHOOK_PASSWORD", "INFOBIP_WEBHOOK_USERNAME and _PASSWORD verify webhooks"
+            )
         expected = "Basic " + base64.b64encode(f"{username}:{password.get_secret_value()}".encode()).decode()
         if not same(expected, authorization):
             raise WebhookRejected(403, "Basic credentials do not match")

@@ -118,6 +118,7 @@ class PlivoAdapter:
     name: ClassVar[str] = "plivo"
     idempotent_resend_window: ClassVar[timedelta | None] = None
     tables: ClassVar[ProviderTables] = TABLES
+    max_webhook_bytes: ClassVar[int | None] = None  # MAX_BODY_BYTES
 
     def __init__(
         self, settings: PlivoSettings, *, delivery_report_url: str | None = None, timeout: float = 5.0

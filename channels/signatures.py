@@ -57,7 +57,10 @@ def url_port_variants(url: str) -> list[str]:
 
 
 def same(expected: str, received: str | None) -> bool:
-    return received is not None and hmac.compare_digest(expected.encode("utf-8"), received.encode("utf-8"))
+    """Constant-time comparison of any two texts (lone surrogates included: never raises)."""
+    return received is not None and hmac.compare_digest(
+        expected.encode("utf-8", "surrogatepass"), received.encode("utf-8", "surrogatepass")
+    )
 
 
 def hmac_sha256_hex(secret: str, message: bytes) -> str:

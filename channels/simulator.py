@@ -53,7 +53,7 @@ from channels.events import (
 )
 from channels.signatures import hmac_sha256_hex, same, unix_time, within_tolerance
 from channels.tables import ProviderTables, classify_delivery, log_unknown_status, send_failure_reason
-from core.settings import AppSettings, load
+from core.settings import AppSettings, ConfigurationError, load
 
 TABLES = ProviderTables(
     final_statuses={
@@ -126,6 +126,7 @@ class SimulatorAdapter:
     name: ClassVar[str] = "simulator"
     idempotent_resend_window: ClassVar[timedelta | None] = None
     tables: ClassVar[ProviderTables] = TABLES
+    max_webhook_bytes: ClassVar[int | None] = None  # MAX_BODY_BYTES
 
     def __init__(self, settings: SimulatorSettings | None = None, *, app_base_url: str | None = None) -> None:
         self.settings = settings or SimulatorSettings()
@@ -243,7 +244,7 @@ class SimulatorAdapter:
         if not stamp or not signature:
             raise WebhookRejected(401, "no X-Simulator-Timestamp / X-Simulator-Signature")
         if self.settings.webhook_secret is None:
-            raise WebhookRejected(403, "SIMULATOR_WEBHOOK_SECRET is not set: webhooks cannot be verified")
+            raise ConfigurationError.single("SIMULATOR_WEBHOOK_SECRET", "required to verify webhooks")
         when = unix_time(stamp)
         if when is None:
             raise WebhookRejected(403, "X-Simulator-Timestamp is not a Unix time")

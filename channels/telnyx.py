@@ -58,7 +58,7 @@ from channels.tables import (
     log_unknown_status,
     send_failure_reason,
 )
-from core.settings import AppSettings, load
+from core.settings import AppSettings, ConfigurationError, load
 
 TABLES = ProviderTables(
     # payload.to[0].status of a message.finalized event (a message.sent event is never final)
@@ -113,6 +113,7 @@ class TelnyxAdapter:
     name: ClassVar[str] = "telnyx"
     idempotent_resend_window: ClassVar[timedelta | None] = None
     tables: ClassVar[ProviderTables] = TABLES
+    max_webhook_bytes: ClassVar[int | None] = None  # MAX_BODY_BYTES
 
     def __init__(
         self, settings: TelnyxSettings, *, delivery_report_url: str | None = None, timeout: float = 5.0
@@ -170,7 +171,7 @@ class TelnyxAdapter:
         if not signature or not stamp:
             raise WebhookRejected(401, "no telnyx-signature-ed25519 / telnyx-timestamp")
         if self._public_key is None:
-            raise WebhookRejected(403, "TELNYX_PUBLIC_KEY is not set: webhooks cannot be verified")
+            raise ConfigurationError.single("TELNYX_PUBLIC_KEY", "required to verify webhooks")
         when = unix_time(stamp)
         if when is None:
             raise WebhookRejected(403, "telnyx-timestamp is not a Unix time")

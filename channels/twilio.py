@@ -53,7 +53,7 @@ from channels.events import (
 )
 from channels.signatures import TWILIO_ALGORITHMS, same, twilio_signature, url_port_variants
 from channels.tables import ProviderTables, classify_delivery, log_unknown_status, send_failure_reason
-from core.settings import AppSettings, load
+from core.settings import AppSettings, ConfigurationError, load
 
 TABLES = ProviderTables(
     # Status callback MessageStatus (the SDK's MessageInstance.Status, every value).
@@ -136,6 +136,7 @@ class TwilioAdapter:
     name: ClassVar[str] = "twilio"
     idempotent_resend_window: ClassVar[timedelta | None] = None
     tables: ClassVar[ProviderTables] = TABLES
+    max_webhook_bytes: ClassVar[int | None] = None  # MAX_BODY_BYTES
 
     def __init__(
         self,
@@ -218,12 +219,14 @@ class TwilioAdapter:
                 algorithm = value.strip().upper()
         if algorithm == "HMAC_SHA1":
             if self.settings.auth_token is None:
-                raise WebhookRejected(403, "TWILIO_AUTH_TOKEN is needed to verify Twilio's signatures")
+                raise ConfigurationError.single("TWILIO_AUTH_TOKEN", "required to verify Twilio's signatures")
             return algorithm, self.settings.auth_token.get_secret_value()
         if algorithm not in TWILIO_ALGORITHMS:
             raise WebhookRejected(403, f"unsupported signature algorithm {algorithm[:20]}")
         if self.settings.webhook_shared_key is None:
-            raise WebhookRejected(403, "TWILIO_WEBHOOK_SHARED_KEY is needed for SharedKey-signed webhooks")
+            raise ConfigurationError.single(
+                "TWILIO_WEBHOOK_SHARED_KEY", "required for SharedKey-signed webhooks"
+            )
         return algorithm, self.settings.webhook_shared_key.get_secret_value()
 
     def parse_delivery_reports(self, request: WebhookRequest) -> ParsedWebhook:

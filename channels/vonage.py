@@ -66,7 +66,7 @@ from channels.events import (
 from channels.signatures import same, unix_time, within_tolerance
 from channels.tables import ProviderTables, classify_delivery, log_unknown_status, send_failure_reason
 from core.segments import SmsEncoding, count_segments
-from core.settings import AppSettings, load
+from core.settings import AppSettings, ConfigurationError, load
 
 TABLES = ProviderTables(
     # the receipt's status
@@ -128,15 +128,19 @@ def vonage_signature(params: dict[str, str], secret: str, method: SignatureMetho
     material = "".join(
         f"&{key}={str(params[key]).replace('&', '_').replace('=', '_')}" for key in sorted(params)
     )
+    # a lone surrogate (JSON can spell one) encodes nowhere: it cannot be part of a genuine
+    # signature, so it is carried through to a mismatch instead of raising
+    signed = material.encode("utf-8", "surrogatepass")
     if method == "md5hash":
-        return hashlib.md5((material + secret).encode("utf-8")).hexdigest()
-    return hmac.new(secret.encode("utf-8"), material.encode("utf-8"), method).hexdigest()
+        return hashlib.md5(signed + secret.encode("utf-8")).hexdigest()
+    return hmac.new(secret.encode("utf-8"), signed, method).hexdigest()
 
 
 class VonageAdapter:
     name: ClassVar[str] = "vonage"
     idempotent_resend_window: ClassVar[timedelta | None] = None
     tables: ClassVar[ProviderTables] = TABLES
+    max_webhook_bytes: ClassVar[int | None] = None  # MAX_BODY_BYTES
 
     def __init__(
         self, settings: VonageSettings, *, delivery_report_url: str | None = None, timeout: float = 5.0
@@ -198,12 +202,12 @@ class VonageAdapter:
     # -- webhooks ----------------------------------------------------------------------------
 
     def verify_webhook(self, request: WebhookRequest) -> None:
-        params = _params(request)
+        params = _signed_params(request)
         signature = params.pop("sig", None)
         if not signature:
             raise WebhookRejected(401, "no sig parameter")
         if self.settings.signature_secret is None:
-            raise WebhookRejected(403, "VONAGE_SIGNATURE_SECRET is not set: webhooks cannot be verified")
+            raise ConfigurationError.single("VONAGE_SIGNATURE_SECRET", "required to verify webhooks")
         when = unix_time(params.get("timestamp", ""))
         if when is None:
             raise WebhookRejected(403, "no usable timestamp")
@@ -269,15 +273,28 @@ class VonageAdapter:
         return WebhookAck()
 
 
-def _params(request: WebhookRequest) -> dict[str, str]:
-    """Vonage posts JSON or a form (and puts nothing we need in the query), all values as text."""
+def _signed_params(request: WebhookRequest) -> dict[str, str]:
+    """What Vonage signs: every parameter as text. Vonage posts JSON or a form (nothing we need in
+    the query) with text values; other JSON scalars are read as Vonage's own SDK signs them
+    (``f"{value}"``: None → "None"), and nested values, which no signer defines, are refused."""
     content_type = request.header("Content-Type") or ""
     if "json" in content_type or request.body.lstrip().startswith(b"{"):
         document = request.json()
         if not isinstance(document, dict):
             raise InvalidWebhook("expected a JSON object")
-        return {str(k): str(v) for k, v in document.items() if v is not None}
+        if any(isinstance(value, (dict, list)) for value in document.values()):
+            raise InvalidWebhook("nested values in a Vonage webhook")
+        return {str(k): f"{v}" for k, v in document.items()}
     return {**request.query, **request.form_dict()}
+
+
+def _params(request: WebhookRequest) -> dict[str, str]:
+    """The parameters' values; a JSON null is an absent parameter."""
+    params = _signed_params(request)
+    if "json" in (request.header("Content-Type") or "") or request.body.lstrip().startswith(b"{"):
+        document = request.json()
+        return {k: v for k, v in params.items() if document.get(k) is not None}
+    return params
 
 
 def _refusal(status: str) -> Exception:

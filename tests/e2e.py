@@ -46,7 +46,8 @@ def local_host(
     command = [sys.executable, "-m", "devhost", "--port", str(port), "--module", module]
     if host_json is not None:
         command += ["--host-json", str(host_json)]
-    output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    log = log or Path(tempfile.mkdtemp()) / "host.log"
+    output = open(log, "wb")  # noqa: SIM115
     process = subprocess.Popen(command, cwd=ROOT, env=child_env, stdout=output, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -62,14 +63,18 @@ def local_host(
                     raise RuntimeError("local host did not start listening within 120 s") from None
                 time.sleep(0.05)
         yield base
+    except BaseException:
+        # what the app logged is what explains a failure: pytest shows it with the failing test
+        print(f"--- local host log ({log}), last lines ---", file=sys.stderr)
+        print("\n".join(log.read_text(errors="replace").splitlines()[-80:]), file=sys.stderr)
+        raise
     finally:
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
-        if log:
-            output.close()  # type: ignore[union-attr]
+        output.close()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 120) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import CUSTOMER, OUR_NUMBER, ROOT, payload_json
 from tests.e2e import client, free_port, local_host, wait_for
-from tests.fakes.azurite import Azurite
+from tests.fakes.azurite import Azurite, start_azurite
 from tests.fakes.http import FakeHttpServer
 from tests.fakes.providers import FakeTwilio
 
@@ -163,9 +163,19 @@ def readme_curl() -> tuple[dict[str, str], bytes]:
     return {name: value}, match.group(2).encode()
 
 
-def test_readme_flow_outbound_delivery_report_and_relay(azurite: Azurite, tmp_path: Path) -> None:
+@pytest.fixture
+def own_azurite() -> Iterator[Azurite]:
+    """Storage of its own, as `scripts/run` gives a user: the module's Twilio host is still running
+    on the session's Azurite, and its queue worker would take this test's relay jobs."""
+    server = start_azurite()
+    yield server
+    server.stop()
+
+
+def test_readme_flow_outbound_delivery_report_and_relay(own_azurite: Azurite, tmp_path: Path) -> None:
     """What the README shows after `scripts/run`: the curl call answers Sent, the simulator posts its
     delivery report back, it is queued, relayed, and the notification lands in the dry-run sink."""
+    azurite = own_azurite
     headers, body = readme_curl()
     settings = json.loads((ROOT / "local.settings.json.example").read_text(encoding="utf-8"))["Values"]
     port = free_port()

@@ -289,9 +289,7 @@ async def test_bad_settings_are_named_not_a_500(
     check = app_function(services, "health")
     body = answer(await check(func.HttpRequest("GET", "http://localhost/api/health", body=b"")))
     assert [p["setting"] for p in body["problems"]] == [setting]
-    response = await app_function(services, "outbound")(
-        post(payload_json(channel_definition_id))
-    )
+    response = await app_function(services, "outbound")(post(payload_json(channel_definition_id)))
     assert response.status_code == 503
     assert [s["setting"] for s in answer(response)["error"]["settings"]] == [setting]
 
@@ -314,7 +312,10 @@ async def test_health_reports_unreachable_storage(monkeypatch: pytest.MonkeyPatc
 def test_function_app_registers_the_documented_routes() -> None:
     import function_app
 
-    functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
+    # the library registers blueprints again on every get_functions() call: one fresh app per test
+    functions = {
+        f.get_function_name(): f for f in function_app.create_app(function_app.services).get_functions()
+    }
     outbound_trigger = functions["outbound"].get_trigger()
     assert outbound_trigger.route == "outbound"
     assert [str(m.value) for m in outbound_trigger.methods] == ["POST"]

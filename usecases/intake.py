@@ -5,11 +5,12 @@ queue, so providers get their answer in milliseconds and Dataverse throttling ne
 provider retry storms. Every refusal is an exception the HTTP layer answers from one table:
 
     UnknownProvider       no adapter of the app serves this provider
-    PayloadTooLarge       the body is over the limit for webhooks
+    PayloadTooLarge       the body is over the provider's limit (MAX_BODY_BYTES, Event Grid 1 MB)
     WebhookRejected       not provably from the provider (401 missing, 403 wrong or stale)
     InvalidWebhook        authentic but unreadable
     StorageUnavailable    the relay queue did not take the jobs: the provider should retry
-    ConfigurationError    the app's settings are broken: the provider should retry
+    ConfigurationError    the app's settings are broken (a verification secret missing included):
+                          the provider should retry
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from channels.events import (
     webhook_route,
 )
 from contracts import ChannelStatus
+from core.settings import ConfigurationError
 from storage.relay_queue import InboundJob, NotificationJob, RelayJob, RelayQueue, fits_on_queue
 from usecases.routing import ProviderRouter
 
@@ -61,7 +63,7 @@ class UnknownProvider(LookupError):
 
 class PayloadTooLarge(ValueError):
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"the body is {size} bytes; the limit for webhooks is {limit} (MAX_BODY_BYTES)")
+        super().__init__(f"the body is {size} bytes; this provider's webhooks may have {limit}")
 
 
 class WebhookIntake:
@@ -83,8 +85,9 @@ class WebhookIntake:
         candidates = self.router.for_webhooks(provider)
         if not candidates:
             raise UnknownProvider(provider)
-        if len(request.body) > self.max_body_bytes:
-            raise PayloadTooLarge(len(request.body), self.max_body_bytes)
+        limit = candidates[0].max_webhook_bytes or self.max_body_bytes
+        if len(request.body) > limit:
+            raise PayloadTooLarge(len(request.body), limit)
         request = self._as_published(request)
         adapter = authenticated_by(candidates, request)
         parsed = (
@@ -96,7 +99,7 @@ class WebhookIntake:
             log.info("%s %s webhook: subscription validation answered", provider, kind)
             return parsed.handshake
         jobs, unrelayable = relay_jobs(parsed)
-        for record, reason in unrelayable:
+        for record, reason in [*parsed.unreadable, *unrelayable]:
             log.error(
                 "%s %s webhook: an event cannot be relayed (%s); kept in the poison queue",
                 provider,
@@ -118,16 +121,23 @@ class WebhookIntake:
 
 
 def authenticated_by(candidates: list[ProviderAdapter], request: WebhookRequest) -> ProviderAdapter:
-    """The account (adapter) whose credentials the request was signed with; the first refusal if none."""
-    first: WebhookRejected | None = None
+    """The account (adapter) whose credentials the request was signed with. If none: an account
+    that could not tell for lack of a setting makes it a ConfigurationError (retry once fixed),
+    else the first refusal."""
+    refused: WebhookRejected | None = None
+    misconfigured: ConfigurationError | None = None
     for adapter in candidates:
         try:
             adapter.verify_webhook(request)
             return adapter
         except WebhookRejected as rejected:
-            first = first or rejected
-    assert first is not None
-    raise first
+            refused = refused or rejected
+        except ConfigurationError as exc:
+            misconfigured = misconfigured or exc
+    if misconfigured is not None:
+        raise misconfigured
+    assert refused is not None
+    raise refused
 
 
 def relay_jobs(parsed: ParsedWebhook) -> tuple[list[RelayJob], list[tuple[Any, str]]]:
