@@ -33,13 +33,13 @@ CUSTOMER = "+14155550123"
 OUR_NUMBER = "+14155550100"
 
 
-APP_PACKAGES = ("core", "channels", "dataverse", "storage", "usecases")
+SETTINGS_PACKAGES = ("core", "channels", "dataverse", "storage", "usecases", "provisioning")
 
 
 def settings_classes() -> list[type[BaseSettings]]:
     """Every settings class the app defines, found by walking its packages."""
     found: list[type[BaseSettings]] = []
-    for package in APP_PACKAGES:
+    for package in SETTINGS_PACKAGES:
         for info in pkgutil.iter_modules(importlib.import_module(package).__path__, f"{package}."):
             module = importlib.import_module(info.name)
             found += [
