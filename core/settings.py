@@ -6,14 +6,28 @@ setting becomes a :class:`ConfigurationError` naming it; nothing is read at impo
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeAlias, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, HttpUrl, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["AppSettings", "ConfigurationError", "SettingProblem", "load"]
+__all__ = [
+    "AppSettings",
+    "ConfigurationError",
+    "SettingProblem",
+    "StorageConnectionString",
+    "StorageIdentity",
+    "StorageLocation",
+    "load",
+    "storage_location",
+    "storage_location_from_environ",
+]
 
 #: Azurite's well-known development account (public, documented by Microsoft; not a secret).
 AZURITE_ACCOUNT_KEY = (
@@ -47,6 +61,33 @@ class ConfigurationError(Exception):
         return cls([SettingProblem(setting, message)])
 
 
+#: The storage connection setting, as the Functions host names it (the queue trigger's ``connection``).
+STORAGE_SETTING = "AzureWebJobsStorage"
+#: An app setting still holding this text is a Key Vault reference App Service could not resolve.
+KEY_VAULT_REFERENCE = re.compile(r"\s*@Microsoft\.KeyVault\(", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConnectionString:
+    """Storage reached with a connection string (an account key or SAS; Azurite locally)."""
+
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageIdentity:
+    """Storage reached with a managed identity: the identity-based ``AzureWebJobsStorage__*`` settings."""
+
+    table_uri: str
+    queue_uri: str
+    #: A user-assigned identity's client id; None: the system-assigned identity.
+    client_id: str | None = None
+
+
+#: Where the app's tables and queues are, and how to authenticate to them.
+StorageLocation: TypeAlias = StorageConnectionString | StorageIdentity
+
+
 class AppSettings(BaseSettings):
     """Settings shared by every provider. Provider settings live in their adapter module."""
 
@@ -59,6 +100,18 @@ class AppSettings(BaseSettings):
     storage_connection: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("AzureWebJobsStorage", "AZUREWEBJOBSSTORAGE")
     )
+    #: Identity-based storage (used when AzureWebJobsStorage is unset), as the Functions host reads it.
+    storage_account_name: str | None = Field(
+        default=None, validation_alias="AzureWebJobsStorage__accountName"
+    )
+    storage_table_uri: str | None = Field(
+        default=None, validation_alias="AzureWebJobsStorage__tableServiceUri"
+    )
+    storage_queue_uri: str | None = Field(
+        default=None, validation_alias="AzureWebJobsStorage__queueServiceUri"
+    )
+    storage_credential: str | None = Field(default=None, validation_alias="AzureWebJobsStorage__credential")
+    storage_client_id: str | None = Field(default=None, validation_alias="AzureWebJobsStorage__clientId")
     max_segments: int = Field(default=10, ge=1, le=50, validation_alias="MAX_SEGMENTS")
     #: Total time one outbound request may spend on provider retries before answering 503.
     send_budget_seconds: float = Field(default=8.0, gt=0, le=60, validation_alias="SEND_BUDGET_SECONDS")
@@ -103,15 +156,17 @@ class AppSettings(BaseSettings):
             raise ValueError("not an ISO 3166 region code that phone numbers are known for (e.g. GB, US)")
         return region
 
-    def storage_connection_string(self) -> str:
-        if self.storage_connection is None:
-            raise ConfigurationError.single(
-                "AzureWebJobsStorage", "required: the storage account for send state and queues"
-            )
-        value = self.storage_connection.get_secret_value().strip()
-        if value.lower().replace(" ", "") == "usedevelopmentstorage=true":
-            return DEVELOPMENT_STORAGE
-        return value
+    def storage_location(self) -> StorageLocation:
+        """The storage account for send state and queues; a ConfigurationError names a bad setting."""
+        return storage_location(
+            STORAGE_SETTING,
+            self.storage_connection.get_secret_value() if self.storage_connection else None,
+            account_name=self.storage_account_name,
+            table_uri=self.storage_table_uri,
+            queue_uri=self.storage_queue_uri,
+            credential=self.storage_credential,
+            client_id=self.storage_client_id,
+        )
 
     def callback_url(self, path: str) -> str | None:
         if self.public_base_url is None:
@@ -120,6 +175,97 @@ class AppSettings(BaseSettings):
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+_ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")
+
+
+def storage_location(
+    setting: str,
+    connection: str | None,
+    *,
+    account_name: str | None = None,
+    table_uri: str | None = None,
+    queue_uri: str | None = None,
+    credential: str | None = None,
+    client_id: str | None = None,
+) -> StorageLocation:
+    """Where storage is, resolved as the Functions host resolves a connection named ``setting``: the
+    connection string ``<setting>`` if set, otherwise the identity-based ``<setting>__*`` settings
+    (``__accountName`` or ``__tableServiceUri`` / ``__queueServiceUri``, ``__credential``, ``__clientId``).
+    """
+    if connection and connection.strip():
+        value = connection.strip()
+        if value.lower().replace(" ", "") == "usedevelopmentstorage=true":
+            return StorageConnectionString(DEVELOPMENT_STORAGE)
+        return StorageConnectionString(value)
+    account_name, table_uri, queue_uri, credential, client_id = (
+        value.strip() if value and value.strip() else None
+        for value in (account_name, table_uri, queue_uri, credential, client_id)
+    )
+    if not (account_name or table_uri or queue_uri or credential or client_id):
+        raise ConfigurationError.single(
+            setting,
+            f"required: a storage connection string, or the identity-based {setting}__accountName "
+            f"(or {setting}__tableServiceUri and {setting}__queueServiceUri) settings",
+        )
+    problems: list[SettingProblem] = []
+    if credential is not None and credential.lower() != "managedidentity":
+        problems.append(SettingProblem(f"{setting}__credential", "only managedidentity is supported"))
+    elif client_id is not None and credential is None:
+        problems.append(
+            SettingProblem(
+                f"{setting}__credential", f"must be managedidentity when {setting}__clientId is set"
+            )
+        )
+    if client_id is not None:
+        try:
+            uuid.UUID(client_id)
+        except ValueError:
+            problems.append(SettingProblem(f"{setting}__clientId", "not a client id (a GUID)"))
+    if account_name is not None and not _ACCOUNT_NAME.fullmatch(account_name):
+        problems.append(
+            SettingProblem(
+                f"{setting}__accountName", "not a storage account name (3-24 lowercase letters, digits)"
+            )
+        )
+        account_name = None
+    uris: dict[str, str] = {}
+    for service, given in (("table", table_uri), ("queue", queue_uri)):
+        name = f"{setting}__{service}ServiceUri"
+        if given is None:
+            if account_name is not None:
+                uris[service] = f"https://{account_name}.{service}.core.windows.net"
+            elif not any(p.setting == f"{setting}__accountName" for p in problems):
+                problems.append(SettingProblem(name, f"required (or {setting}__accountName)"))
+            continue
+        parts = urlsplit(given)
+        if parts.scheme.lower() != "https" or not parts.hostname or parts.query or parts.fragment:
+            # the SDKs send a managed identity's token over TLS only
+            problems.append(SettingProblem(name, "not an https:// service URL"))
+        else:
+            uris[service] = given.rstrip("/")
+    if problems:
+        raise ConfigurationError(problems)
+    return StorageIdentity(table_uri=uris["table"], queue_uri=uris["queue"], client_id=client_id)
+
+
+def storage_location_from_environ(setting: str, environ: Mapping[str, str] | None = None) -> StorageLocation:
+    """:func:`storage_location` for a connection named ``setting`` in ``environ`` (names are matched
+    without regard to case, as app settings are), e.g. a queue trigger's ``connection``."""
+    values = {name.lower(): value for name, value in (os.environ if environ is None else environ).items()}
+
+    def get(suffix: str) -> str | None:
+        return values.get(f"{setting}{suffix}".lower())
+
+    return storage_location(
+        setting,
+        get(""),
+        account_name=get("__accountName"),
+        table_uri=get("__tableServiceUri"),
+        queue_uri=get("__queueServiceUri"),
+        credential=get("__credential"),
+        client_id=get("__clientId"),
+    )
 
 
 def sender_key(sender: str) -> str:
@@ -143,10 +289,50 @@ def load(cls: type[SettingsT], *, account: str | None = None, **overrides: Any) 
     if account:
         prefix = f"{prefix}{account.upper()}_"
         overrides["_env_prefix"] = prefix
+    unresolved = _unresolved_references(cls, prefix, overrides)
     try:
-        return cls(**overrides)
+        settings = cls(**overrides)
     except ValidationError as exc:
-        raise ConfigurationError([_problem(cls, err, prefix) for err in exc.errors()]) from None
+        named = {problem.setting for problem in unresolved}
+        problems = [_problem(cls, err, prefix) for err in exc.errors()]
+        raise ConfigurationError(unresolved + [p for p in problems if p.setting not in named]) from None
+    if unresolved:
+        raise ConfigurationError(unresolved)
+    return settings
+
+
+def _env_names(cls: type[BaseSettings], field_name: str, prefix: str) -> list[str]:
+    """The environment variables a field is read from; the first is how a problem names it."""
+    alias = cls.model_fields[field_name].validation_alias
+    if isinstance(alias, str):
+        return [alias]
+    choices = [c for c in alias.choices if isinstance(c, str)] if isinstance(alias, AliasChoices) else []
+    return choices or [f"{prefix}{field_name}".upper()]
+
+
+def _unresolved_references(
+    cls: type[BaseSettings], prefix: str, overrides: dict[str, Any]
+) -> list[SettingProblem]:
+    """Settings still holding ``@Microsoft.KeyVault(...)``: App Service could not resolve the reference
+    (and leaves its text in place), so the value is no secret but must not be used as one."""
+    sensitive = bool(cls.model_config.get("case_sensitive", False))
+    environ = {(k if sensitive else k.lower()): v for k, v in os.environ.items()}
+    problems = []
+    for field_name in cls.model_fields:
+        names = _env_names(cls, field_name, prefix)
+        given = [overrides[key] for key in (field_name, *names) if key in overrides]
+        if not given:
+            given = [environ.get(name if sensitive else name.lower()) for name in names]
+        values = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in given]
+        if any(isinstance(v, str) and KEY_VAULT_REFERENCE.match(v) for v in values):
+            problems.append(
+                SettingProblem(
+                    names[0],
+                    "an unresolved Key Vault reference: App Service could not read the secret "
+                    "(check the reference, the secret and the identity's access to the vault)",
+                )
+            )
+    return problems
 
 
 def _problem(cls: type[BaseSettings], error: Any, prefix: str) -> SettingProblem:
@@ -157,12 +343,8 @@ def _problem(cls: type[BaseSettings], error: Any, prefix: str) -> SettingProblem
     if default_prefix and prefix != default_prefix:
         message = re.sub(rf"\b{default_prefix}", prefix, message)
     field_name = str(error["loc"][0]) if error["loc"] else ""
-    field = cls.model_fields.get(field_name)
-    alias = field.validation_alias if field is not None else None
-    if isinstance(alias, str):
-        setting = alias
-    elif isinstance(alias, AliasChoices):
-        setting = str(alias.choices[0])
+    if field_name in cls.model_fields:
+        setting = _env_names(cls, field_name, prefix)[0]
     elif field_name:
         setting = f"{prefix}{field_name}".upper()
     else:  # a rule across settings: name the first setting its message names

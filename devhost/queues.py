@@ -12,7 +12,6 @@ import base64
 import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,9 @@ from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.functions.decorators.queue import QueueTrigger
 from azure.storage.queue import QueueClient, QueueMessage
 
-from core.settings import DEVELOPMENT_STORAGE
+from core.settings import ConfigurationError, storage_location_from_environ
 from devhost.asgi import invoke
+from storage.clients import StorageAccess
 
 log = logging.getLogger("devhost.queues")
 
@@ -36,6 +36,8 @@ class QueueOptions:
     max_dequeue_count: int = 5
     visibility_timeout: float = 0.0
     batch_size: int = 16
+    #: Another batch is fetched once no more than this many messages are being processed.
+    new_batch_threshold: int = 8
     max_polling_interval: float = 2.0
 
     @classmethod
@@ -48,6 +50,7 @@ class QueueOptions:
             max_dequeue_count=int(queues.get("maxDequeueCount", 5)),
             visibility_timeout=_timespan(queues.get("visibilityTimeout", "00:00:00")),
             batch_size=int(queues.get("batchSize", 16)),
+            new_batch_threshold=int(queues.get("newBatchThreshold", int(queues.get("batchSize", 16)) // 2)),
             max_polling_interval=min(_timespan(queues.get("maxPollingInterval", "00:00:02")), 2.0),
         )
 
@@ -57,13 +60,13 @@ def _timespan(value: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def connection_string(setting: str) -> str:
-    value = os.environ.get(setting, "")
-    if value.strip().lower().replace(" ", "") == "usedevelopmentstorage=true":
-        return DEVELOPMENT_STORAGE
-    if not value:
-        raise RuntimeError(f"queue trigger connection setting {setting} is not set")
-    return value
+def storage_access(setting: str) -> StorageAccess:
+    """The trigger's ``connection`` as the Functions host resolves it: the connection string
+    ``<setting>``, or the identity-based ``<setting>__queueServiceUri`` (or ``__accountName``) settings."""
+    try:
+        return StorageAccess(storage_location_from_environ(setting))
+    except ConfigurationError as exc:
+        raise RuntimeError(f"queue trigger connection {setting}: {exc}") from None
 
 
 def decode_body(message: QueueMessage) -> bytes:
@@ -81,17 +84,21 @@ class QueueWorker:
         self.handler = function.get_user_function()
         self.arg_name = trigger.name
         self.options = options
-        conn = connection_string(trigger.connection)
-        self.queue = QueueClient.from_connection_string(conn, trigger.queue_name)
-        self.poison = QueueClient.from_connection_string(conn, f"{trigger.queue_name}-poison")
+        self.access = storage_access(trigger.connection)
+        self.queue: QueueClient = self.access.queue(trigger.queue_name)
+        self.poison: QueueClient = self.access.queue(f"{trigger.queue_name}-poison")
+        self._running: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        for queue in (self.queue, self.poison):
-            with contextlib.suppress(ResourceExistsError):
-                await asyncio.to_thread(queue.create_queue)
+        created = False
         idle = 0.05
         while not stop.is_set():
             try:
+                if not created:  # storage (or its token endpoint) may come up after the host
+                    for queue in (self.queue, self.poison):
+                        with contextlib.suppress(ResourceExistsError):
+                            await asyncio.to_thread(queue.create_queue)
+                    created = True
                 handled = await self.poll_once()
             except AzureError as exc:
                 log.warning("queue %s unreachable: %s", self.queue.queue_name, type(exc).__name__)
@@ -100,8 +107,18 @@ class QueueWorker:
             if not handled:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=idle)
+        await asyncio.gather(*self._running, return_exceptions=True)
+        self.close()
+
+    def close(self) -> None:
+        self.queue.close()
+        self.poison.close()
+        self.access.close()
 
     async def poll_once(self) -> int:
+        """Receive up to batchSize messages and start their functions; return once no more than
+        newBatchThreshold messages are being processed. Like the Functions host, at most batchSize +
+        newBatchThreshold messages are processed at once, and the pipeline never waits for a whole batch."""
         visibility = max(int(self.options.visibility_timeout), 0)
         messages = await asyncio.to_thread(
             lambda: list(
@@ -112,8 +129,19 @@ class QueueWorker:
                 )
             )
         )
-        await asyncio.gather(*(self._handle(m, visibility) for m in messages))
+        for message in messages:
+            task = asyncio.create_task(self._handle(message, visibility))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+        while len(self._running) > self.options.new_batch_threshold:
+            await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
         return len(messages)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:  # the function's own failures are handled in _handle: this is the queue's
+            log.warning("queue %s unreachable: %s", self.queue.queue_name, type(error).__name__)
 
     async def _handle(self, message: QueueMessage, visibility: int) -> None:
         body = decode_body(message)

@@ -37,9 +37,11 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import TableClient, UpdateMode
 
 from contracts.base import StrEnum
+from core.settings import StorageLocation
+from storage.clients import StorageAccess
 from storage.errors import StorageUnavailable
 
 __all__ = [
@@ -194,11 +196,11 @@ def _utc(value: datetime) -> datetime:
 
 
 class SendLedger:
-    def __init__(self, connection_string: str, *, retention: timedelta) -> None:
+    def __init__(self, location: StorageLocation | str, *, retention: timedelta) -> None:
+        """``location``: where the tables are (a plain string is a connection string)."""
         self.retention = retention
-        self._service = TableServiceClient.from_connection_string(
-            connection_string, connection_timeout=3, read_timeout=5, retry_total=1
-        )
+        self._access = StorageAccess(location)
+        self._service = self._access.table_service(connection_timeout=3, read_timeout=5, retry_total=1)
         self._sends: TableClient = self._service.get_table_client(SENDS_TABLE)
         self._messages: TableClient = self._service.get_table_client(MESSAGES_TABLE)
         self._relayed: TableClient = self._service.get_table_client(RELAYED_TABLE)
@@ -490,6 +492,7 @@ class SendLedger:
         for table in self._tables:
             table.close()
         self._service.close()
+        self._access.close()
 
     @property
     def now(self) -> datetime:

@@ -1,8 +1,9 @@
 """``python -m storage.replay_poison [--dry-run]``: put poisoned relay jobs back on the relay queue.
 
 Run it after fixing what made them fail (a setting, a Dataverse outage, a missing channel
-instance). Uses AzureWebJobsStorage from the environment (or local.settings.json's Values). Each
-job gets a fresh attempt count; already relayed events are still recognised and not relayed twice.
+instance). Uses AzureWebJobsStorage, or the identity-based AzureWebJobsStorage__* settings, from the
+environment (or local.settings.json's Values). Each job gets a fresh attempt count; already relayed
+events are still recognised and not relayed twice.
 """
 
 from __future__ import annotations
@@ -16,14 +17,23 @@ from pathlib import Path
 from azure.storage.queue import QueueClient
 from pydantic import ValidationError
 
-from core.settings import AppSettings, load
+from core.settings import AppSettings, ConfigurationError, StorageLocation, load
+from storage.clients import StorageAccess
 from storage.relay_queue import POISON_QUEUE, RELAY_QUEUE, decode_job
 
 
-def replay(connection_string: str, *, dry_run: bool = False, limit: int = 10_000) -> tuple[int, int]:
-    """Return (replayed, left in the poison queue because unreadable)."""
-    poison = QueueClient.from_connection_string(connection_string, POISON_QUEUE)
-    queue = QueueClient.from_connection_string(connection_string, RELAY_QUEUE)
+def replay(location: StorageLocation | str, *, dry_run: bool = False, limit: int = 10_000) -> tuple[int, int]:
+    """Return (replayed, left in the poison queue because unreadable). ``location``: where the queues
+    are (a plain string is a connection string)."""
+    access = StorageAccess(location)
+    try:
+        with access.queue(POISON_QUEUE) as poison, access.queue(RELAY_QUEUE) as queue:
+            return _replay(poison, queue, dry_run=dry_run, limit=limit)
+    finally:
+        access.close()
+
+
+def _replay(poison: QueueClient, queue: QueueClient, *, dry_run: bool, limit: int) -> tuple[int, int]:
     replayed = unreadable = 0
     for message in poison.receive_messages(messages_per_page=32, visibility_timeout=300, max_messages=limit):
         try:
@@ -51,7 +61,11 @@ def main() -> None:
     if settings_file.exists():
         for name, value in json.loads(settings_file.read_text(encoding="utf-8")).get("Values", {}).items():
             os.environ.setdefault(name, str(value))
-    replayed, unreadable = replay(load(AppSettings).storage_connection_string(), dry_run=args.dry_run)
+    try:
+        location = load(AppSettings).storage_location()
+    except ConfigurationError as exc:
+        raise SystemExit(f"cannot replay: {exc}") from None
+    replayed, unreadable = replay(location, dry_run=args.dry_run)
     print(
         f"{replayed} job(s) {'to replay' if args.dry_run else 'replayed'}; {unreadable} unreadable left in "
         f"{POISON_QUEUE}"

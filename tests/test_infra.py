@@ -545,12 +545,6 @@ def test_provider_choices_match_the_registry() -> None:
     assert set(allowed) == set(module_attribute("PROVIDERS"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the app's table and queue clients still need AzureWebJobsStorage (a connection string); in "
-    "Azure they must use AzureWebJobsStorage__tableServiceUri/__queueServiceUri with the managed identity. "
-    "Remove this marker once they do.",
-)
 def test_app_can_reach_its_tables_and_queues_with_the_identity() -> None:
     source = deployed_sources()
     assert "tableServiceUri" in source and "queueServiceUri" in source

@@ -12,7 +12,7 @@ from core.settings import AZURITE_ACCOUNT_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(
-    r"Azurite (Blob|Queue|Table) service is successfully listening at http://127\.0\.0\.1:(\d+)"
+    r"Azurite (Blob|Queue|Table) service is successfully listening at https?://127\.0\.0\.1:(\d+)"
 )
 
 REQUEST_LINE = re.compile(r" (Blob|Queue|Table)StorageContextMiddleware: RequestMethod=")
@@ -22,15 +22,20 @@ REQUEST_LINE = re.compile(r" (Blob|Queue|Table)StorageContextMiddleware: Request
 class Azurite:
     process: subprocess.Popen[str]
     ports: dict[str, int]
+    scheme: str = "http"
+
+    def service_url(self, service: str) -> str:
+        """The account's endpoint of one service ("Blob", "Queue", "Table"), IP style."""
+        return f"{self.scheme}://127.0.0.1:{self.ports[service]}/devstoreaccount1"
 
     @property
     def connection_string(self) -> str:
         return (
-            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"DefaultEndpointsProtocol={self.scheme};AccountName=devstoreaccount1;"
             f"AccountKey={AZURITE_ACCOUNT_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{self.ports['Blob']}/devstoreaccount1;"
-            f"QueueEndpoint=http://127.0.0.1:{self.ports['Queue']}/devstoreaccount1;"
-            f"TableEndpoint=http://127.0.0.1:{self.ports['Table']}/devstoreaccount1;"
+            f"BlobEndpoint={self.service_url('Blob')};"
+            f"QueueEndpoint={self.service_url('Queue')};"
+            f"TableEndpoint={self.service_url('Table')};"
         )
 
     def stop(self) -> None:
@@ -41,8 +46,19 @@ class Azurite:
             self.process.kill()
 
 
-def start_azurite(timeout: float = 60.0, *, request_log: Path | None = None) -> Azurite:
-    """``request_log``: Azurite's debug log, one line per request among others (benchmarks count them)."""
+def start_azurite(
+    timeout: float = 60.0,
+    *,
+    request_log: Path | None = None,
+    tls: tuple[Path, Path] | None = None,
+    oauth: bool = False,
+) -> Azurite:
+    """``request_log``: Azurite's debug log, one line per request among others (benchmarks count them).
+    ``tls``: (PEM certificate, PEM key) to serve HTTPS. ``oauth``: accept bearer tokens (``--oauth
+    basic``: issuer, audience and lifetime are checked, the signature is not; Azurite needs HTTPS for it).
+    """
+    if oauth and tls is None:
+        raise ValueError("Azurite accepts bearer tokens over HTTPS only: pass tls too")
     binary = ROOT / "node_modules" / ".bin" / "azurite"
     if not binary.exists():
         raise RuntimeError("Azurite is not installed: run scripts/setup (npm ci)")
@@ -59,6 +75,8 @@ def start_azurite(timeout: float = 60.0, *, request_log: Path | None = None) -> 
             "--tablePort",
             "0",
             *(["--debug", str(request_log)] if request_log else []),
+            *(["--cert", str(tls[0]), "--key", str(tls[1])] if tls else []),
+            *(["--oauth", "basic"] if oauth else []),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -82,7 +100,7 @@ def start_azurite(timeout: float = 60.0, *, request_log: Path | None = None) -> 
     if not ready.wait(timeout) or len(ports) != 3:
         process.kill()
         raise RuntimeError(f"Azurite did not start (ports seen: {ports})")
-    return Azurite(process, ports)
+    return Azurite(process, ports, "https" if tls else "http")
 
 
 def count_requests(request_log: Path) -> dict[str, int]:
