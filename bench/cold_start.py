@@ -26,6 +26,10 @@ APP_PACKAGES = [
     "pydantic_settings",
     "phonenumbers",
     "tenacity",
+    # the OpenTelemetry API only: the Azure Monitor distro is imported by the worker, or by function_app
+    # when a connection string is set without the worker doing it (never in this measurement)
+    "opentelemetry.trace",
+    "opentelemetry.metrics",
 ]
 ALL_RUNTIME_PACKAGES = [*APP_PACKAGES, "msal", "cryptography.x509"]
 

@@ -40,13 +40,37 @@ async def handle(services: Services, req: func.HttpRequest, kind: WebhookKind) -
     except (UnknownProvider, PayloadTooLarge) as exc:
         return error_answer(exc)
     except WebhookRejected as exc:
-        log.warning("%s %s webhook refused (%d): %s", provider, kind, exc.status_code, exc.reason)
+        log.warning(
+            "%s %s webhook refused (%d): %s",
+            provider,
+            kind,
+            exc.status_code,
+            exc.reason,
+            extra={
+                "Provider": provider,
+                "Webhook": kind,
+                "Outcome": "refused",
+                "HttpStatus": exc.status_code,
+            },
+        )
         return error_answer(exc)
     except InvalidWebhook as exc:
-        log.warning("%s %s webhook unreadable: %s", provider, kind, exc)
+        log.warning(
+            "%s %s webhook unreadable: %s",
+            provider,
+            kind,
+            exc,
+            extra={"Provider": provider, "Webhook": kind, "Outcome": "unreadable"},
+        )
         return error_answer(exc)
     except (StorageUnavailable, ConfigurationError) as exc:
-        log.error("%s %s webhook not queued (%s); the provider should retry", provider, kind, exc)
+        log.error(
+            "%s %s webhook not queued (%s); the provider should retry",
+            provider,
+            kind,
+            exc,
+            extra={"Provider": provider, "Webhook": kind, "Outcome": "not queued"},
+        )
         return error_answer(exc, anonymous=True)
     return func.HttpResponse(
         ack.body, status_code=ack.status_code, mimetype=ack.mimetype, headers=ack.headers

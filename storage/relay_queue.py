@@ -17,10 +17,13 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from azure.core.exceptions import AzureError, ResourceExistsError
-from azure.storage.queue import LinearRetry, QueueClient
+from azure.storage.queue import LinearRetry
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 from contracts import ChannelStatus
+from core import telemetry
+from core.settings import StorageLocation
+from storage.clients import StorageAccess
 from storage.errors import StorageUnavailable
 
 __all__ = [
@@ -68,6 +71,8 @@ class _Job(BaseModel):
     received_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     attempt: int = 0
     last_error: str | None = None
+    #: W3C trace context of the webhook that queued the job: the relay continues its trace.
+    traceparent: str | None = None
 
     def encode(self) -> str:
         return base64.b64encode(self.model_dump_json(exclude_none=True).encode("utf-8")).decode("ascii")
@@ -141,14 +146,14 @@ def _shortened(value: Any, limit: int = 2000) -> Any:
 class RelayQueue:
     """The relay queue and its poison queue (Azure Storage queues, base64 like the Functions host)."""
 
-    def __init__(self, connection_string: str, name: str = RELAY_QUEUE) -> None:
+    def __init__(self, location: StorageLocation | str, name: str = RELAY_QUEUE) -> None:
+        """``location``: where the queues are (a plain string is a connection string)."""
         # Webhooks wait for the enqueue: fail within about a second rather than the SDK's default
         # 15-second back-off, so the provider gets its 503 well inside its own timeout.
         retry = LinearRetry(backoff=1, random_jitter_range=1, retry_total=1)
+        self._access = StorageAccess(location)
         self._queue, self._poison = (
-            QueueClient.from_connection_string(
-                connection_string, queue, connection_timeout=3, read_timeout=5, retry_policy=retry
-            )
+            self._access.queue(queue, connection_timeout=3, read_timeout=5, retry_policy=retry)
             for queue in (name, f"{name}-poison")
         )
         self._ready = False
@@ -171,6 +176,7 @@ class RelayQueue:
         await self._run(
             self._queue.send_message, job.encode(), visibility_timeout=int(delay) or None, time_to_live=-1
         )
+        telemetry.note_relay_outcome("retried")  # inside a relay: the job comes back later
 
     async def put_many(self, jobs: list[RelayJob]) -> None:
         await asyncio.gather(*(self.put(job) for job in jobs))
@@ -178,17 +184,23 @@ class RelayQueue:
     async def poison(self, job: RelayJob, error: str) -> None:
         failed = job.model_copy(update={"last_error": error[:500]})
         await self._run(self._poison.send_message, failed.encode(), time_to_live=-1)
+        telemetry.POISONED.add(1, {"Provider": job.provider, "Kind": job.kind})
+        telemetry.note_relay_outcome("poisoned")
 
     async def keep_unrelayable(self, provider: str, record: Any, reason: str) -> None:
         """Keep what a webhook reported but cannot be relayed in the poison queue, for an operator
         (``replay_poison`` leaves it there: it is no job)."""
         kept = {"unrelayable": _shortened(record), "provider": provider, "last_error": reason[:500]}
         body = json.dumps(kept, ensure_ascii=True, default=str).encode("ascii")
-        await self.poison_raw(body)
+        await self.poison_raw(body, provider=provider)
 
-    async def poison_raw(self, body: bytes) -> None:
+    async def poison_raw(self, body: bytes, *, provider: str | None = None) -> None:
+        """Keep a message that is no relay job (or none any more) in the poison queue."""
         await self._run(self._poison.send_message, base64.b64encode(body).decode("ascii"), time_to_live=-1)
+        telemetry.POISONED.add(1, {"Provider": provider or "unknown", "Kind": "unreadable"})
+        telemetry.note_relay_outcome("poisoned")
 
     def close(self) -> None:
         self._queue.close()
         self._poison.close()
+        self._access.close()

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from channels.registry import build_adapter
-from core.settings import AppSettings, ConfigurationError, load
+from core.settings import AppSettings, ConfigurationError, StorageConnectionString, StorageLocation, load
 from dataverse.auth import MsalTokenProvider
 from dataverse.client import DataverseClient, DataverseGateway
 from dataverse.dry_run import DryRunDataverse
@@ -21,6 +21,7 @@ from dataverse.settings import DataverseSettings, IdentitySettings
 from storage.ledger import SendLedger
 from storage.relay_queue import RelayQueue
 from usecases.intake import WebhookIntake
+from usecases.observed import ObservedDataverse
 from usecases.outbound import OutboundService
 from usecases.relay import RelayService
 from usecases.routing import AdapterBuilder, ProviderRouter
@@ -51,17 +52,22 @@ class Services:
     def ledger(self) -> SendLedger:
         if self._ledger is None:
             retention = timedelta(days=self.settings().retention_days)
-            self._ledger = self._storage(lambda conn: SendLedger(conn, retention=retention))
+            self._ledger = self._storage(lambda where: SendLedger(where, retention=retention))
         return self._ledger
 
-    def _storage(self, build: Callable[[str], T]) -> T:
-        """A storage client for AzureWebJobsStorage; the SDKs' ValueError for a malformed string
-        becomes a problem naming the setting."""
+    def _storage(self, build: Callable[[StorageLocation], T]) -> T:
+        """A storage client for AzureWebJobsStorage (or its identity-based settings); the SDKs'
+        ValueError for a malformed connection string or URL becomes a problem naming the setting."""
+        location = self.settings().storage_location()
         try:
-            return build(self.settings().storage_connection_string())
+            return build(location)
         except ValueError:
+            if isinstance(location, StorageConnectionString):
+                raise ConfigurationError.single(
+                    "AzureWebJobsStorage", "not a storage connection string"
+                ) from None
             raise ConfigurationError.single(
-                "AzureWebJobsStorage", "not a storage connection string"
+                "AzureWebJobsStorage__tableServiceUri", "service URLs or managed identity not usable"
             ) from None
 
     def router(self) -> ProviderRouter:
@@ -110,6 +116,7 @@ class Services:
             else:
                 tokens = MsalTokenProvider(load(IdentitySettings), settings.base_url)
                 self._dataverse = DataverseClient(settings, tokens)
+            self._dataverse = ObservedDataverse(self._dataverse)  # spans; notes relayed jobs
         return self._dataverse
 
     def relay_queue(self) -> RelayQueue:

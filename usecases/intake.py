@@ -36,6 +36,7 @@ from channels.events import (
     webhook_route,
 )
 from contracts import ChannelStatus
+from core import telemetry
 from core.settings import ConfigurationError
 from storage.relay_queue import InboundJob, NotificationJob, RelayJob, RelayQueue, fits_on_queue
 from usecases.routing import ProviderRouter
@@ -81,7 +82,15 @@ class WebhookIntake:
         self.public_base_url = public_base_url
 
     async def receive(self, provider: str, kind: WebhookKind, request: WebhookRequest) -> WebhookAck:
-        """Queue what the webhook reports and return the answer its provider expects."""
+        """Queue what the webhook reports and return the answer its provider expects.
+
+        Span ``webhook intake``; each job carries its ``traceparent``, so the relay that the queue
+        trigger runs later continues this trace (see ``usecases.observed.observe_relay``).
+        """
+        with telemetry.span("webhook intake", Provider=provider, Webhook=kind):
+            return await self._receive(provider, kind, request)
+
+    async def _receive(self, provider: str, kind: WebhookKind, request: WebhookRequest) -> WebhookAck:
         candidates = self.router.for_webhooks(provider)
         if not candidates:
             raise UnknownProvider(provider)
@@ -98,7 +107,8 @@ class WebhookIntake:
         if parsed.handshake is not None:
             log.info("%s %s webhook: subscription validation answered", provider, kind)
             return parsed.handshake
-        jobs, unrelayable = relay_jobs(parsed)
+        jobs, unrelayable = relay_jobs(parsed, traceparent=telemetry.traceparent())
+        telemetry.annotate(Jobs=len(jobs), **(_job_fields(jobs[0]) if len(jobs) == 1 else {}))
         for record, reason in [*parsed.unreadable, *unrelayable]:
             log.error(
                 "%s %s webhook: an event cannot be relayed (%s); kept in the poison queue",
@@ -140,17 +150,23 @@ def authenticated_by(candidates: list[ProviderAdapter], request: WebhookRequest)
     raise refused
 
 
-def relay_jobs(parsed: ParsedWebhook) -> tuple[list[RelayJob], list[tuple[Any, str]]]:
+def relay_jobs(
+    parsed: ParsedWebhook, *, traceparent: str | None = None
+) -> tuple[list[RelayJob], list[tuple[Any, str]]]:
     """One job per final delivery status and per inbound message (intermediates are not relayed),
     and the events that cannot become one, each with why: values no job can hold (blank ids,
-    nested values) or a job too large for a queue message."""
+    nested values) or a job too large for a queue message. Each job carries ``traceparent``."""
     jobs: list[RelayJob] = []
     unrelayable: list[tuple[Any, str]] = []
     events: list[DeliveryEvent | InboundSms] = [e for e in parsed.delivery_events if e.outcome.is_final]
     events += parsed.inbound
     for event in events:
         try:
-            job = notification_job(event) if isinstance(event, DeliveryEvent) else inbound_job(event)
+            job = (
+                notification_job(event, traceparent=traceparent)
+                if isinstance(event, DeliveryEvent)
+                else inbound_job(event, traceparent=traceparent)
+            )
         except ValidationError as exc:
             fields = ", ".join(sorted({".".join(map(str, e["loc"])) for e in exc.errors()}))
             unrelayable.append((dataclasses.asdict(event), f"invalid values: {fields}"))
@@ -162,9 +178,10 @@ def relay_jobs(parsed: ParsedWebhook) -> tuple[list[RelayJob], list[tuple[Any, s
     return jobs, unrelayable
 
 
-def notification_job(event: DeliveryEvent) -> NotificationJob:
+def notification_job(event: DeliveryEvent, *, traceparent: str | None = None) -> NotificationJob:
     assert event.outcome is not DeliveryOutcome.INTERMEDIATE
     return NotificationJob(
+        traceparent=traceparent,
         provider=event.provider,
         message_id=event.message_id,
         status=ChannelStatus(event.outcome.value),
@@ -177,8 +194,9 @@ def notification_job(event: DeliveryEvent) -> NotificationJob:
     )
 
 
-def inbound_job(message: InboundSms) -> InboundJob:
+def inbound_job(message: InboundSms, *, traceparent: str | None = None) -> InboundJob:
     return InboundJob(
+        traceparent=traceparent,
         provider=message.provider,
         message_id=message.message_id,
         customer=message.sender,
@@ -190,9 +208,20 @@ def inbound_job(message: InboundSms) -> InboundJob:
     )
 
 
+def _job_fields(job: RelayJob) -> dict[str, object]:
+    """A job's telemetry fields: ids and statuses, never a number or a text."""
+    fields: dict[str, object] = {"ProviderMessageId": job.message_id, "Kind": job.kind}
+    if isinstance(job, NotificationJob):
+        fields["Status"] = job.status
+        echoed = (job.correlation or "").partition("/")
+        if echoed[1] and echoed[2]:
+            fields["ChannelDefinitionId"], fields["RequestId"] = echoed[0], echoed[2]
+    return fields
+
+
 def _log_queued(provider: str, jobs: list[RelayJob], parsed: ParsedWebhook) -> None:
     for job in jobs:
-        log.info("%s %s MessageId=%s queued", provider, job.kind, job.message_id)
+        log.info("%s %s MessageId=%s queued", provider, job.kind, job.message_id, extra=_job_fields(job))
     for event in parsed.delivery_events:
         if not event.outcome.is_final:
             log.info(

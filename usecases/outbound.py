@@ -28,6 +28,7 @@ from channels.errors import (
     TransientSendError,
 )
 from contracts import ChannelStatus, OutboundPayload
+from core import telemetry
 from core.phones import InvalidPhoneNumber, mask, to_e164
 from core.segments import SegmentCount, count_segments
 from storage.errors import StorageUnavailable
@@ -90,10 +91,26 @@ class OutboundService:
         self._sleep = sleep
 
     async def send(self, payload: OutboundPayload) -> SendOutcome | TryAgainLater:
+        """Send once (span ``outbound send``; the provider calls are its children)."""
+        with telemetry.span(
+            "outbound send",
+            RequestId=payload.request_id,
+            ChannelDefinitionId=payload.channel_definition_id,
+            IsTestSend=payload.is_test_send,
+        ):
+            answer = await self._send(payload)
+            if isinstance(answer, SendOutcome):
+                telemetry.annotate(Status=answer.status, ProviderMessageId=answer.message_id)
+            else:
+                telemetry.annotate(Status="TryAgainLater")
+            return answer
+
+    async def _send(self, payload: OutboundPayload) -> SendOutcome | TryAgainLater:
         deadline = time.monotonic() + self.budget
         adapter = self.adapter_for(payload.from_)
         text = payload.message.get("text", "")
         count = count_segments(text)
+        telemetry.annotate(Provider=adapter.name if adapter else None, Segments=count.segments)
         recipient, rejection = self._validate(payload, count)
         if adapter is None and rejection is None:
             rejection = _Rejection(NotSentReason.INVALID_SENDER, "SENDER_ROUTES has no route for this From")
@@ -138,7 +155,14 @@ class OutboundService:
                 await self.ledger.replace_if_unchanged(
                     record, state=SendState.NOT_SENT, reason=rejection.reason.value
                 )
-            log.info("NotSent %s reason=%s: %s", context, rejection.reason, rejection.detail)
+            _decided(draft.provider, "NotSent", rejection.reason.value)
+            log.info(
+                "NotSent %s reason=%s: %s",
+                context,
+                rejection.reason,
+                rejection.detail,
+                extra={"Status": "NotSent", "Reason": rejection.reason.value},
+            )
             return SendOutcome(ChannelStatus.NOT_SENT, reason=rejection.reason.value)
 
         assert recipient is not None
@@ -244,12 +268,26 @@ class OutboundService:
             receipt = await self._send_with_retries(adapter, request, deadline)
         except PermanentSendError as exc:
             await self.ledger.replace_if_unchanged(record, state=SendState.NOT_SENT, reason=exc.reason.value)
-            log.info("NotSent %s reason=%s: %s", context, exc.reason, exc.detail)
+            _decided(adapter.name, "NotSent", exc.reason.value)
+            log.info(
+                "NotSent %s reason=%s: %s",
+                context,
+                exc.reason,
+                exc.detail,
+                extra={"Status": "NotSent", "Reason": exc.reason.value},
+            )
             return SendOutcome(ChannelStatus.NOT_SENT, reason=exc.reason.value)
         except TransientSendError as exc:
             await self.ledger.replace_if_unchanged(record, state=SendState.RETRYABLE, reason=exc.detail[:200])
             retry_after = max(exc.retry_after or 0.0, 1.0)
-            log.warning("not sent yet %s: %s; caller may retry after %.0fs", context, exc.detail, retry_after)
+            _decided(adapter.name, "TryAgainLater", "ProviderUnavailable")
+            log.warning(
+                "not sent yet %s: %s; caller may retry after %.0fs",
+                context,
+                exc.detail,
+                retry_after,
+                extra={"Status": "TryAgainLater"},
+            )
             return TryAgainLater(retry_after, "the SMS provider is unavailable; retry the same RequestId")
         except Exception as exc:
             if isinstance(exc, AmbiguousSendError):
@@ -258,8 +296,12 @@ class OutboundService:
                 log.exception("unexpected failure while sending %s", context)
                 detail = f"unexpected {type(exc).__name__}"
             await self._store_quietly(record, context, state=SendState.AMBIGUOUS, reason="Ambiguous")
+            _decided(adapter.name, "Sent", "Ambiguous")
             log.warning(
-                "outcome unknown %s: %s; answering Sent without MessageId, never re-sending", context, detail
+                "outcome unknown %s: %s; answering Sent without MessageId, never re-sending",
+                context,
+                detail,
+                extra={"Status": "Sent", "Reason": "Ambiguous"},
             )
             return SendOutcome(ChannelStatus.SENT)
 
@@ -278,7 +320,14 @@ class OutboundService:
                 context,
                 exc,
             )
-        log.info("Sent %s MessageId=%s segments=%d", context, receipt.message_id, record.segments)
+        _decided(adapter.name, "Sent")
+        log.info(
+            "Sent %s MessageId=%s segments=%d",
+            context,
+            receipt.message_id,
+            record.segments,
+            extra={"Status": "Sent", "ProviderMessageId": receipt.message_id, "Segments": record.segments},
+        )
         return SendOutcome(ChannelStatus.SENT, message_id=receipt.message_id)
 
     async def _store_quietly(self, record: SendRecord, context: str, **changes: Any) -> None:
@@ -317,9 +366,18 @@ class OutboundService:
         )
         try:
             async for attempt in retrying:
-                with attempt:
+                with (
+                    attempt,
+                    telemetry.span(
+                        f"{adapter.name} send",
+                        Provider=adapter.name,
+                        Attempt=attempt.retry_state.attempt_number,
+                    ),
+                ):
                     try:
-                        return await adapter.send(request)
+                        receipt = await adapter.send(request)
+                        telemetry.annotate(ProviderMessageId=receipt.message_id)
+                        return receipt
                     except AmbiguousSendError:
                         maybe_sent = True
                         raise
@@ -328,6 +386,14 @@ class OutboundService:
                 raise AmbiguousSendError(f"{exc.detail}, after an attempt without an answer") from exc
             raise
         raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
+
+
+def _decided(provider: str, status: str, reason: str | None = None) -> None:
+    """Count a send decided by this call (a repeat answering a stored outcome is not counted)."""
+    attributes = {"Provider": provider, "Status": status}
+    if reason:
+        attributes["Reason"] = reason
+    telemetry.SENDS.add(1, attributes)
 
 
 def _outcome_of(record: SendRecord) -> SendOutcome:
