@@ -514,7 +514,8 @@ async def test_hostile_signed_webhooks(
     relayed = len(lines)
     with capsys.disabled():
         print(
-            f"\nhostile {kit.name}: {tally.tried} signed + {tally.unsigned_tried} unsigned or forged, "
+            f"\nhostile {kit_type.__name__.removesuffix('Kit')}: {tally.tried} signed + "
+            f"{tally.unsigned_tried} unsigned or forged, "
             f"answers {dict(sorted(tally.statuses.items()))}, 5xx {tally.server_errors}, "  # type: ignore[union-attr]
             f"false rejects {tally.false_rejects}, false accepts {tally.false_accepts}, relayed {relayed}"
         )
