@@ -9,6 +9,12 @@ Failures, as the relay must treat them:
 
 A 429 holds back every request of this process until its Retry-After has passed, as the service
 protection limits ask; a 401 refreshes the token once (see :class:`dataverse.auth.BearerAuth`).
+
+Notifications and inbound messages go through :class:`dataverse.batch.Batcher`: concurrent calls
+of :meth:`DataverseClient.notify` / :meth:`DataverseClient.inbound` leave together in one ``$batch``
+(``DATAVERSE_BATCH_SIZE`` operations at most; 1 = every call its own request), each caller getting
+its own operation's outcome; a lone call goes out at once, as a plain request. The
+:class:`dataverse.batch.Pacer` adapts request rate, Dataverse time and batch size to the 429s.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import http.cookiejar
 import logging
+import random
 import re
 import time
+import uuid
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 from uuid import UUID
 
 import httpx
@@ -35,7 +43,19 @@ from tenacity.wait import wait_exponential_jitter
 from contracts import InboundPayload, NotificationPayload
 from core.phones import mask
 from core.retry_after import parse_retry_after
+from core.telemetry import record_throttled_wait
 from dataverse.auth import BearerAuth, MsalTokenProvider, TokenUnavailable
+from dataverse.batch import (
+    Batcher,
+    BatchFormatError,
+    Operation,
+    Outcomes,
+    Pacer,
+    Pending,
+    decode_batch,
+    encode_batch,
+    throttle_kind,
+)
 from dataverse.settings import DataverseSettings
 
 __all__ = [
@@ -49,8 +69,6 @@ __all__ = [
 log = logging.getLogger("sms.dataverse")
 
 API_PATH = "/api/data/v9.2/"
-#: Service-protection error codes (requests, execution time, concurrency).
-SERVICE_PROTECTION_CODES = {"0x80072322", "0x80072321", "0x80072326"}
 #: In-process retries are short; longer outages are bridged by the relay queue's redelivery.
 MAX_ATTEMPTS = 4
 MAX_IN_PROCESS_SECONDS = 30.0
@@ -137,24 +155,44 @@ class DataverseClient:
             transport=transport,
         )
         self._gate = asyncio.Semaphore(cap)
-        self._resume_at = 0.0
+        self._pacer = Pacer(max_in_flight=cap, timeout_seconds=settings.timeout_seconds)
+        self._api_path = urlsplit(self.settings.base_url or "").path + API_PATH
+        self._batcher = (
+            Batcher(
+                send=self._send_batch,
+                pacer=self._pacer,
+                batch_size=settings.batch_size,
+                retry=self._retry_in_process,
+                long_pause=lambda pause: DataverseTransientError(
+                    "dataverse: throttled", retry_after=pause, throttled=True
+                ),
+                max_pause=MAX_IN_PROCESS_SECONDS,
+                on_throttled_wait=record_throttled_wait,
+            )
+            if settings.batch_size > 1
+            else None
+        )
         self._organization_id: str | None = settings.organization_id
+        self._who_am_i = asyncio.Lock()
+        self._batches_refused = False
         self._definitions: dict[str, UUID] = dict(settings.channel_definitions)
 
     # -- operations --------------------------------------------------------------------------
 
     async def notify(self, payload: NotificationPayload) -> None:
-        await self._send(
-            "POST", "msdyn_D365ChannelsNotification", json={"notificationPayLoad": payload.to_wire_json()}
+        await self._channel_api(
+            "msdyn_D365ChannelsNotification", {"notificationPayLoad": payload.to_wire_json()}
         )
 
     async def inbound(self, payload: InboundPayload) -> None:
-        await self._send("POST", "msdyn_D365ChannelsInbound", json={"inboundPayLoad": payload.to_wire_json()})
+        await self._channel_api("msdyn_D365ChannelsInbound", {"inboundPayLoad": payload.to_wire_json()})
 
     async def organization_id(self) -> str:
         if self._organization_id is None:
-            body = (await self._send("GET", "WhoAmI")).json()
-            self._organization_id = str(body["OrganizationId"])
+            async with self._who_am_i:  # one WhoAmI for the many relays that start together
+                if self._organization_id is None:
+                    body = (await self._send("GET", "WhoAmI")).json()
+                    self._organization_id = str(body["OrganizationId"])
         return self._organization_id
 
     async def channel_definition_for(self, contact_point: str) -> UUID | None:
@@ -178,7 +216,112 @@ class DataverseClient:
         return self._definitions[contact_point]
 
     async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.aclose()
         await self._http.aclose()
+
+    @property
+    def pacer(self) -> Pacer:
+        return self._pacer
+
+    @property
+    def _resume_at(self) -> float:
+        """Every request of this process waits until then (a 429's Retry-After)."""
+        return self._pacer.resume_at
+
+    @_resume_at.setter
+    def _resume_at(self, value: float) -> None:
+        self._pacer.resume_at = value
+
+    # -- batches -----------------------------------------------------------------------------
+
+    async def _channel_api(self, api: str, body: dict[str, Any]) -> None:
+        if self._batcher is None or self._batches_refused:
+            await self._send("POST", api, json=body)
+        else:
+            await self._batcher.submit(Operation(api, body))
+
+    async def _send_batch(self, operations: list[Operation], sent_at: float) -> Outcomes:
+        """One request for ``operations`` (a plain call for one, a $batch for more); per operation
+        None (accepted) or its DataverseError."""
+        try:
+            async with self._gate:
+                if len(operations) == 1:
+                    [operation] = operations
+                    response = await self._request(
+                        "POST",
+                        operation.api,
+                        content=operation.encoded_body(),
+                        headers={"Content-Type": "application/json"},
+                    )
+                    return [None if response.is_success else self._failure(response, sent_at=sent_at)]
+                boundary = f"batch_{uuid.uuid4().hex}"
+                response = await self._request(
+                    "POST",
+                    "$batch",
+                    content=encode_batch(operations, path_prefix=self._api_path, boundary=boundary),
+                    headers={
+                        "Content-Type": f'multipart/mixed; boundary="{boundary}"',
+                        "Prefer": "odata.continue-on-error",
+                    },
+                )
+        except DataverseError as exc:
+            return [exc] * len(operations)
+        return self._batch_outcomes(len(operations), response, sent_at)
+
+    def _batch_outcomes(self, count: int, response: httpx.Response, sent_at: float) -> Outcomes:
+        content_type = response.headers.get("content-type", "")
+        if not response.is_success and not content_type.lower().startswith("multipart/"):
+            failure = self._failure(response, sent_at=sent_at)  # the batch itself, before any operation ran
+            if count > 1 and isinstance(failure, DataversePermanentError):
+                # Dataverse will not take our $batch: nothing ran; relay one by one from now on
+                log.error("dataverse refused a $batch (%s); relays are sent one by one from now on", failure)
+                self._batches_refused = True
+                if self._batcher is not None:
+                    self._batcher.batch_size = 1  # what is already waiting goes alone too
+                return [DataverseTransientError(f"{failure} ($batch refused; sent again alone)")] * count
+            return [failure] * count
+        try:
+            parts = decode_batch(content_type, response.content)
+        except BatchFormatError as exc:
+            # Dataverse may have run some operations: like a timeout, they are tried again
+            log.error("dataverse: unreadable $batch answer (HTTP %d, %s)", response.status_code, exc)
+            error = DataverseTransientError(f"dataverse: unreadable $batch answer ({exc})")
+            return [error] * count
+        ids = [str(index) for index in range(1, count + 1)]
+        by_id = {part.content_id: part for part in parts if part.content_id}
+        if parts and len(by_id) == len(parts) and set(by_id) <= set(ids):
+            answers = [by_id.get(content_id) for content_id in ids]
+        elif len(parts) <= count:  # in request order; Dataverse stops at a failure without continue-on-error
+            answers = [*parts, *[None] * (count - len(parts))]
+        else:
+            log.error("dataverse: $batch answer has %d parts for %d operations", len(parts), count)
+            error = DataverseTransientError("dataverse: $batch answer does not match its operations")
+            return [error] * count
+        outcomes: Outcomes = []
+        for answer in answers:
+            if answer is None:
+                outcomes.append(DataverseTransientError("dataverse: operation not run in its $batch"))
+                continue
+            part = httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+            outcomes.append(None if part.is_success else self._failure(part, sent_at=sent_at))
+        return outcomes
+
+    def _retry_in_process(self, item: Pending, error: BaseException) -> float | None:
+        """Seconds before a failed operation is tried again in this process; None to give up (its
+        job then goes back to the relay queue)."""
+        if not isinstance(error, DataverseTransientError) or item.attempt + 1 >= MAX_ATTEMPTS:
+            return None
+        now = time.monotonic()
+        if error.throttled:  # the pacer holds every request for the Retry-After
+            wait, pause = 0.0, max(self._pacer.resume_at - now, 0.0)
+        else:
+            wait = pause = (
+                error.retry_after
+                if error.retry_after is not None
+                else min(8.0, 0.5 * 2**item.attempt) + random.uniform(0, 0.5)
+            )
+        return None if now - item.submitted + pause > MAX_IN_PROCESS_SECONDS else wait
 
     # -- transport policy --------------------------------------------------------------------
 
@@ -219,30 +362,37 @@ class DataverseClient:
             raise DataverseTransientError("dataverse: throttled", retry_after=pause, throttled=True)
         async with self._gate:
             await self._respect_throttling()
-            try:
-                response = await self._http.request(method, path, json=json)
-            except TokenUnavailable as exc:
-                raise DataverseTransientError(f"dataverse: {exc}") from None
-            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-                raise DataversePermanentError(f"dataverse: {type(exc).__name__}") from None
-            except httpx.HTTPError as exc:
-                raise DataverseTransientError(f"dataverse: {type(exc).__name__}") from None
+            sent_at = time.monotonic()
+            response = await self._request(method, path, json=json)
         if response.is_success:
             return response
-        raise self._failure(response)
+        raise self._failure(response, sent_at=sent_at)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP exchange; transport failures become DataverseErrors."""
+        try:
+            return await self._http.request(method, path, **kwargs)
+        except TokenUnavailable as exc:
+            raise DataverseTransientError(f"dataverse: {exc}") from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise DataversePermanentError(f"dataverse: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:
+            raise DataverseTransientError(f"dataverse: {type(exc).__name__}") from None
 
     async def _respect_throttling(self) -> None:
         # a later 429 may push the window further out while we sleep
-        while (pause := self._resume_at - time.monotonic()) > 0:  # noqa: ASYNC110
+        while (pause := self._resume_at - time.monotonic()) > 0:
             await asyncio.sleep(pause)
+            record_throttled_wait(pause)
 
-    def _failure(self, response: httpx.Response) -> DataverseError:
+    def _failure(self, response: httpx.Response, *, sent_at: float | None = None) -> DataverseError:
         status = response.status_code
         code, message = _error(response)
         description = f"dataverse: HTTP {status} {code or ''} {message}".strip()
-        if status == 429 or code in SERVICE_PROTECTION_CODES:
+        if status == 429 or throttle_kind(code) is not None:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), default=5.0) or 0.0
-            self._resume_at = max(self._resume_at, time.monotonic() + retry_after)
+            # holds every request of the process, and paces the batches that follow
+            self._pacer.throttled(throttle_kind(code), retry_after, sent_at=sent_at)
             log.warning("dataverse throttled (%s); pausing requests for %.1fs", code or status, retry_after)
             return DataverseTransientError(
                 description, status=status, code=code, retry_after=retry_after, throttled=True

@@ -35,6 +35,8 @@ class DataverseSettings(BaseSettings):
     #: Requests in flight per process (Dataverse refuses more than 52 per user and web server).
     max_concurrency: int = Field(default=8, ge=1, le=52)
     timeout_seconds: float = Field(default=30.0, gt=0, le=120)
+    #: Notifications and inbound messages per $batch request at most (1: every relay its own request).
+    batch_size: int = Field(default=100, ge=1, le=1000)
     dry_run_file: Path = Path("dataverse-dry-run.jsonl")
     #: "number=ChannelDefinitionId,…": our numbers' channel definitions, skipping the lookup in Dataverse.
     channel_definitions: Annotated[dict[str, UUID], NoDecode] = Field(default_factory=dict)

@@ -54,7 +54,8 @@ async def client(dataverse_world: DataverseWorld) -> AsyncIterator[DataverseClie
 async def test_notification_body_headers_and_one_token_for_many_calls(
     client: DataverseClient, dataverse_world: DataverseWorld
 ) -> None:
-    await asyncio.gather(*(client.notify(notification(f"req-{i}")) for i in range(20)))
+    await client.notify(notification("req-0"))  # a lone call: a plain request
+    await asyncio.gather(*(client.notify(notification(f"req-{i}")) for i in range(1, 20)))  # batched
 
     assert len(dataverse_world.entra.token_requests) == 1
     token_request = dataverse_world.entra.token_requests[0]
@@ -71,21 +72,30 @@ async def test_notification_body_headers_and_one_token_for_many_calls(
     }.items():
         assert first.headers[header] == value
     assert first.headers["authorization"].startswith("Bearer ")
-    body = first.json()
-    assert list(body) == ["notificationPayLoad"] and isinstance(body["notificationPayLoad"], str)
-    assert json.loads(body["notificationPayLoad"]) in [
-        {
-            "ChannelDefinitionId": str(CHANNEL_DEFINITION),
-            "RequestId": f"req-{i}",
-            "MessageId": "SM1",
-            "From": OUR_NUMBER,
-            "OrganizationId": "org",
-            "Status": "Delivered",
-            "StatusDetails": {"ProviderStatus": "delivered"},
-        }
-        for i in range(20)
-    ]
-    assert len(dataverse_world.dataverse.notifications) == 20
+    calls = [call for _, call in dataverse_world.dataverse.calls]
+    assert all(call.headers["authorization"].startswith("Bearer ") for call in calls)
+    assert len(calls) < 20  # the concurrent ones went in $batch requests
+    bodies = list(dataverse_world.dataverse.notifications)
+    assert first.json() == bodies[0]
+    assert all(list(body) == ["notificationPayLoad"] for body in bodies)
+    payloads = sorted(
+        (json.loads(body["notificationPayLoad"]) for body in bodies), key=lambda p: p["RequestId"]
+    )
+    assert payloads == sorted(
+        [
+            {
+                "ChannelDefinitionId": str(CHANNEL_DEFINITION),
+                "RequestId": f"req-{i}",
+                "MessageId": "SM1",
+                "From": OUR_NUMBER,
+                "OrganizationId": "org",
+                "Status": "Delivered",
+                "StatusDetails": {"ProviderStatus": "delivered"},
+            }
+            for i in range(20)
+        ],
+        key=lambda p: p["RequestId"],
+    )
 
 
 async def test_inbound_body(client: DataverseClient, dataverse_world: DataverseWorld) -> None:
@@ -152,7 +162,7 @@ async def test_429_holds_every_request_until_retry_after(dataverse_world: Datave
     calls = dataverse_world.dataverse.calls[1:]
     throttled_at = calls[0][0]
     later = [at for at, _ in calls[1:]]
-    assert len(later) == 4 and len(dataverse_world.dataverse.notifications) == 4
+    assert later and len(dataverse_world.dataverse.notifications) == 4
     assert min(later) - throttled_at >= 0.95  # nothing was sent inside the Retry-After window
 
 

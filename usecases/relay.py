@@ -14,6 +14,13 @@ correlates, builds the contract payload and calls Dataverse. Nothing acknowledge
   processed its call but before the event was marked relayed is the one window in which
   Dataverse can see a relay twice (the claim is taken over after RELAY_LEASE_SECONDS).
 
+Batching does not change any of this: the queue trigger hands over one message per invocation,
+and each invocation claims its own event before its notification joins the worker's in-process
+``$batch`` (:class:`dataverse.batch.Batcher`, inside the Dataverse client). The invocation then
+gets its own operation's outcome and takes the path above: marked relayed, poisoned, or re-queued.
+An invocation cancelled while its operation still waits to be sent withdraws it (nothing goes out
+for a released claim); a worker killed mid-batch leaves its claims to their lease.
+
 ``python -m storage.replay_poison`` puts poisoned jobs back on the queue.
 """
 
