@@ -240,6 +240,9 @@ START_REQUEST_RATE = 5.0
 MIN_REQUEST_RATE = 0.1
 #: Requests that may start back to back before the request rate applies.
 REQUEST_BURST = 2.0
+#: Seconds of Dataverse time per second a fresh client allows itself: one user's budget on one web
+#: server (20 minutes per 5 minutes). It is charged per operation, so batching cannot raise it.
+START_TIME_RATE = 4.0
 MIN_TIME_RATE = 0.05
 #: Seconds of Dataverse time one batch may take at most, as a share of the request timeout.
 BATCH_SHARE_OF_TIMEOUT = 0.25
@@ -278,7 +281,7 @@ class Pacer:
         self.max_batch_seconds = max(MIN_BATCH_SECONDS, timeout_seconds * BATCH_SHARE_OF_TIMEOUT)
         self.state = PacerState(
             request_rate=request_rate,
-            time_rate=float(max_in_flight),
+            time_rate=min(float(max_in_flight), START_TIME_RATE),
             in_flight_limit=max_in_flight,
             batch_seconds=self.max_batch_seconds,
         )
