@@ -113,7 +113,7 @@ async def record_sends(azurite: Azurite, message_ids: list[str]) -> None:
             await ledger.remember_message(send_record("simulator"), message_id)
 
     await asyncio.gather(*(one(message_id) for message_id in message_ids))
-    ledger.close()
+    await ledger.aclose()
 
 
 async def put(queue: RelayQueue, message_id: str) -> None:
@@ -135,7 +135,7 @@ async def enqueue_all(azurite: Azurite, message_ids: list[str]) -> None:
             await put(queue, message_id)
 
     await asyncio.gather(*(one(m) for m in message_ids))
-    queue.close()
+    await queue.aclose()
 
 
 async def feed(azurite: Azurite, message_ids: list[str], relayed: Callable[[], int]) -> None:
@@ -151,7 +151,7 @@ async def feed(azurite: Azurite, message_ids: list[str], relayed: Callable[[], i
         wave = message_ids[produced : produced + min(room, 64)]
         await asyncio.gather(*(put(queue, m) for m in wave))
         produced += len(wave)
-    queue.close()
+    await queue.aclose()
 
 
 async def post_webhooks(base: str, secret: str, message_ids: list[str]) -> list[float]:

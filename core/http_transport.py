@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import urllib.request
 from types import TracebackType
 from typing import Any
 
@@ -79,6 +80,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 auto_decompress=False,  # httpx decodes, as it does for its own transport
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
                 cookie_jar=aiohttp.DummyCookieJar(),
+                # httpx's clients honour HTTP(S)_PROXY; aiohttp then also reads ~/.netrc in a thread
+                # on every request, so the environment is consulted only when it names a proxy
+                trust_env=bool(urllib.request.getproxies()),
             )
             self._loop = loop
         return self._session

@@ -37,7 +37,8 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import UpdateMode
+from azure.data.tables.aio import TableClient
 
 from contracts.base import StrEnum
 from core.settings import StorageLocation
@@ -213,27 +214,28 @@ class SendLedger:
         if not self._tables_ready:
             async with self._lock:
                 if not self._tables_ready:
-                    await asyncio.to_thread(self._create_tables)
+                    await self._create_tables()
                     self._tables_ready = True
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await fn(*args, **kwargs)
         except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
             raise  # answers the caller handles
         except AzureError as exc:
             raise StorageUnavailable(f"table storage: {type(exc).__name__}") from exc
 
-    def _create_tables(self) -> None:
+    async def _create_tables(self) -> None:
         try:
             for table in self._tables:
                 with contextlib.suppress(ResourceExistsError):
-                    table.create_table()
+                    await table.create_table()
         except AzureError as exc:
             raise StorageUnavailable(f"table storage: {type(exc).__name__}") from exc
 
     async def ping(self) -> None:
         """Raise StorageUnavailable unless the storage account answers."""
         try:
-            await asyncio.to_thread(lambda: next(iter(self._service.list_tables(results_per_page=1)), None))
+            async for _table in self._service.list_tables(results_per_page=1):
+                break
         except AzureError as exc:
             raise StorageUnavailable(f"table storage: {type(exc).__name__}") from exc
 
@@ -338,9 +340,9 @@ class SendLedger:
     async def _stored_parts(self, provider: str, group: str) -> dict[str, str]:
         partition = row_key(f"{provider}|{group}").replace("'", "''")
 
-        def query() -> dict[str, str]:
+        async def query() -> dict[str, str]:
             rows = self._parts.query_entities(f"PartitionKey eq '{partition}'", select=["RowKey", "Value"])
-            return {entity["RowKey"]: entity["Value"] for entity in rows}
+            return {entity["RowKey"]: entity["Value"] async for entity in rows}
 
         result: dict[str, str] = await self._call(query)
         return result
@@ -474,25 +476,27 @@ class SendLedger:
         return deleted
 
     @staticmethod
-    def _purge_table(table: TableClient, cutoff: datetime) -> int:
+    async def _purge_table(table: TableClient, cutoff: datetime) -> int:
         expired = table.query_entities(
             "ExpiresAt lt @cutoff", parameters={"cutoff": cutoff}, select=["PartitionKey", "RowKey"]
         )
         deleted = 0
-        rows = sorted((e["PartitionKey"], e["RowKey"]) for e in expired)
+        rows = sorted([(e["PartitionKey"], e["RowKey"]) async for e in expired])
         for _partition, group in itertools.groupby(rows, key=lambda row: row[0]):
             keys = list(group)
             for start in range(0, len(keys), 100):  # a transaction holds at most 100 operations
                 batch = keys[start : start + 100]
-                table.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": rk}) for pk, rk in batch])
+                await table.submit_transaction(
+                    [("delete", {"PartitionKey": pk, "RowKey": rk}) for pk, rk in batch]
+                )
                 deleted += len(batch)
         return deleted
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         for table in self._tables:
-            table.close()
-        self._service.close()
-        self._access.close()
+            await table.close()
+        await self._service.close()
+        await self._access.aclose()
 
     @property
     def now(self) -> datetime:

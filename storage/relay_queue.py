@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from azure.core.exceptions import AzureError, ResourceExistsError
-from azure.storage.queue import LinearRetry
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 from contracts import ChannelStatus
@@ -148,12 +147,12 @@ class RelayQueue:
 
     def __init__(self, location: StorageLocation | str, name: str = RELAY_QUEUE) -> None:
         """``location``: where the queues are (a plain string is a connection string)."""
-        # Webhooks wait for the enqueue: fail within about a second rather than the SDK's default
-        # 15-second back-off, so the provider gets its 503 well inside its own timeout.
-        retry = LinearRetry(backoff=1, random_jitter_range=1, retry_total=1)
+        # Webhooks wait for the enqueue: one retry after about a second rather than the SDK's
+        # default 15-second back-off, so the provider gets its 503 well inside its own timeout.
+        retry = {"retry_total": 1, "initial_backoff": 1, "increment_base": 0, "random_jitter_range": 1}
         self._access = StorageAccess(location)
         self._queue, self._poison = (
-            self._access.queue(queue, connection_timeout=3, read_timeout=5, retry_policy=retry)
+            self._access.async_queue(queue, connection_timeout=3, read_timeout=5, **retry)
             for queue in (name, f"{name}-poison")
         )
         self._ready = False
@@ -161,16 +160,16 @@ class RelayQueue:
     async def _run(self, fn: object, *args: object, **kwargs: object) -> None:
         try:
             if not self._ready:
-                await asyncio.to_thread(self._create)
+                await self._create()
                 self._ready = True
-            await asyncio.to_thread(fn, *args, **kwargs)  # type: ignore[arg-type]
+            await fn(*args, **kwargs)  # type: ignore[operator]
         except AzureError as exc:
             raise StorageUnavailable(f"queue storage: {type(exc).__name__}") from exc
 
-    def _create(self) -> None:
+    async def _create(self) -> None:
         for queue in (self._queue, self._poison):
             with contextlib.suppress(ResourceExistsError):
-                queue.create_queue()
+                await queue.create_queue()
 
     async def put(self, job: RelayJob, *, delay: float = 0.0) -> None:
         await self._run(
@@ -200,7 +199,7 @@ class RelayQueue:
         telemetry.POISONED.add(1, {"Provider": provider or "unknown", "Kind": "unreadable"})
         telemetry.note_relay_outcome("poisoned")
 
-    def close(self) -> None:
-        self._queue.close()
-        self._poison.close()
-        self._access.close()
+    async def aclose(self) -> None:
+        await self._queue.close()
+        await self._poison.close()
+        await self._access.aclose()

@@ -110,7 +110,7 @@ def trust_test_ca(test_ca: LocalCA, monkeypatch: pytest.MonkeyPatch) -> LocalCA:
 async def ledger(azurite: Azurite) -> AsyncIterator[SendLedger]:
     store = SendLedger(azurite.connection_string, retention=timedelta(days=30))
     yield store
-    store.close()
+    await store.aclose()
 
 
 @pytest.fixture

@@ -150,7 +150,7 @@ def test_job_of_a_worker_killed_after_dequeue_is_relayed_once(
         ledger = SendLedger(azurite.connection_string, retention=timedelta(days=1))
         message_id = "SM" + uuid.uuid4().hex
         await ledger.remember_message(send_record("twilio"), message_id)
-        ledger.close()
+        await ledger.aclose()
         queue = RelayQueue(azurite.connection_string)
         await queue.put(
             NotificationJob(
@@ -160,7 +160,7 @@ def test_job_of_a_worker_killed_after_dequeue_is_relayed_once(
                 provider_status="delivered",
             )
         )
-        queue.close()
+        await queue.aclose()
         return message_id
 
     message_id = asyncio.run(enqueue())

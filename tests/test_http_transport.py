@@ -259,3 +259,15 @@ def test_one_transport_serves_successive_event_loops() -> None:
 
     assert asyncio.run(once(close=False)) == 204
     assert asyncio.run(once(close=True)) == 204
+
+
+async def test_a_proxy_named_in_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx honoured HTTP(S)_PROXY; the aiohttp wire must too (it reads the environment only then)."""
+    async with serve(reply(200, b"{}")) as (proxy, proxy_url):
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        target = f"http://127.0.0.1:{closed_port()}"  # reachable only through the proxy
+        async with client(target) as http:
+            assert (await http.get("/via-proxy")).status_code == 200
+    assert proxy.received[0].target == f"{target}/via-proxy"  # absolute form: a proxy request

@@ -168,8 +168,8 @@ async def test_ledger_and_relay_queue_use_the_managed_identity(
         )
         await queue.put(job)
     finally:
-        queue.close()
-        ledger.close()
+        await queue.aclose()
+        await ledger.aclose()
 
     # the message is base64 JSON, as the Functions host's queue trigger reads it
     with QueueClient.from_connection_string(oauth_azurite.connection_string, RELAY_QUEUE) as reader:
@@ -201,7 +201,7 @@ async def test_a_token_azurite_refuses_makes_storage_unavailable(
         with pytest.raises(StorageUnavailable):
             await ledger.ping()
     finally:
-        ledger.close()
+        await ledger.aclose()
     assert fake.requests
 
 
@@ -274,8 +274,9 @@ def test_a_connection_string_never_loads_azure_identity() -> None:
         "from storage.ledger import SendLedger\n"
         "from storage.relay_queue import RelayQueue\n"
         "from core.settings import DEVELOPMENT_STORAGE\n"
-        "SendLedger(DEVELOPMENT_STORAGE, retention=datetime.timedelta(days=1)).close()\n"
-        "RelayQueue(DEVELOPMENT_STORAGE).close()\n"
+        "import asyncio\n"
+        "asyncio.run(SendLedger(DEVELOPMENT_STORAGE, retention=datetime.timedelta(days=1)).aclose())\n"
+        "asyncio.run(RelayQueue(DEVELOPMENT_STORAGE).aclose())\n"
         "import function_app\n"
         "print('azure.identity' in sys.modules)\n"
     )

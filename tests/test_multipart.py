@@ -87,7 +87,7 @@ async def relay(
     dataverse = DryRunDataverse(tmp_path / "sink.jsonl", channel_definitions={OUR_NUMBER: uuid.uuid4()})
     queue = RelayQueue(azurite.connection_string)
     yield RelayService(ledger=ledger, queue=queue, dataverse=dataverse), dataverse
-    queue.close()
+    await queue.aclose()
 
 
 async def multipart_send(ledger: SendLedger, parts: int) -> tuple[SendRecord, list[str]]:

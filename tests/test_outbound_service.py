@@ -343,7 +343,7 @@ async def test_storage_failing_after_the_provider_accepted_still_answers_sent(
     outcome = await make_service(ledger, ScriptedAdapter(SendReceipt("SM-kept"))).send(
         payload(channel_definition_id)
     )
-    ledger.close()
+    await ledger.aclose()
     assert outcome == SendOutcome(ChannelStatus.SENT, message_id="SM-kept")
     assert "not stored" in caplog.text
 

@@ -39,7 +39,7 @@ async def dataverse(dataverse_world: DataverseWorld) -> AsyncIterator[DataverseC
 async def queue(azurite: Azurite, relay_queues: RelayQueues) -> AsyncIterator[RelayQueue]:
     relay_queue = RelayQueue(azurite.connection_string)
     yield relay_queue
-    relay_queue.close()
+    await relay_queue.aclose()
 
 
 @pytest.fixture
@@ -294,8 +294,8 @@ async def test_a_claim_whose_answer_was_lost_is_still_this_workers(
     table = ledger._relayed
     insert = table.create_entity
 
-    def insert_then_lose_the_answer(entity: dict[str, Any], **kwargs: Any) -> Any:
-        insert(entity, **kwargs)
+    async def insert_then_lose_the_answer(entity: dict[str, Any], **kwargs: Any) -> Any:
+        await insert(entity, **kwargs)
         raise ResourceExistsError("the retried insert meets the first one")
 
     monkeypatch.setattr(table, "create_entity", insert_then_lose_the_answer)

@@ -34,7 +34,7 @@ from usecases.relay import RelayService
 async def queue(azurite: Azurite, relay_queues: RelayQueues) -> AsyncIterator[RelayQueue]:
     relay_queue = RelayQueue(azurite.connection_string)
     yield relay_queue
-    relay_queue.close()
+    await relay_queue.aclose()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ is read through :func:`core.settings.load`, from the environment.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -137,6 +136,6 @@ class Services:
         if self._dataverse is not None:
             await self._dataverse.aclose()
         if self._relay_queue is not None:
-            await asyncio.to_thread(self._relay_queue.close)
+            await self._relay_queue.aclose()
         if self._ledger is not None:
-            await asyncio.to_thread(self._ledger.close)
+            await self._ledger.aclose()
