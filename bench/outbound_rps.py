@@ -1,13 +1,16 @@
 """Outbound requests per second through the local host (simulator provider, Azurite), 16 clients.
 
 The in-run baseline is /api/health, which does one storage round trip per request: the ratio shows
-what a full outbound send (claim, record message, finish: three storage writes) costs on top.
+what a full outbound send (claim, finish, record the message id: three storage writes) costs on top.
+Two runs: the send alone (the simulator posts no delivery reports), and the send with the
+simulator's delivery report posted back 1 s later, queued and relayed (dry run) in the same host.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import emit, machine, percentile, sized
-from tests.e2e import local_host
+from tests.e2e import free_port, local_host
 from tests.fakes.azurite import start_azurite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +48,10 @@ async def load(base: str, make: object, count: int) -> tuple[float, list[float]]
         return time.perf_counter() - started, latencies
 
 
+def scratch() -> str:
+    return str(Path(tempfile.mkdtemp()) / "dry-run.jsonl")
+
+
 def main() -> None:
     azurite = start_azurite()
     settings = json.loads((ROOT / "local.settings.json.example").read_text(encoding="utf-8"))["Values"]
@@ -57,7 +64,7 @@ def main() -> None:
             "/api/outbound",
             {
                 "ChannelDefinitionId": channel_definition_id,
-                "RequestId": f"bench-{index}",
+                "RequestId": f"bench-{uuid.uuid4()}",
                 "From": "+14155550100",
                 "To": "+14155550123",
                 "Message": {"text": "Your appointment is tomorrow at 10:00"},
@@ -67,31 +74,34 @@ def main() -> None:
     def health(index: int) -> tuple[str, str, object]:
         return "GET", "/api/health", None
 
+    runs = {
+        "alone": {"SIMULATOR_DELIVERY_DELAY_SECONDS": "-1"},
+        "with delivery reports": {"SIMULATOR_DELIVERY_DELAY_SECONDS": "1"},
+    }
     try:
-        with local_host(settings) as base:
-            asyncio.run(load(base, outbound, sized(50, 5)))  # warm up: tables created, connections open
-            health_time, _ = asyncio.run(load(base, health, REQUESTS))
-            send_time, send_latencies = asyncio.run(load(base, outbound, REQUESTS))
+        for run, extra in runs.items():
+            port = free_port()  # the simulator posts its reports to this host
+            extra |= {"PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", "DATAVERSE_DRY_RUN_FILE": scratch()}
+            with local_host({**settings, **extra}, port=port) as base:
+                asyncio.run(load(base, outbound, sized(50, 5)))  # warm up: tables, connections
+                health_time, _ = asyncio.run(load(base, health, REQUESTS))
+                send_time, send_latencies = asyncio.run(load(base, outbound, REQUESTS))
+            send_rate, health_rate = REQUESTS / send_time, REQUESTS / health_time
+            emit(
+                "outbound_rps",
+                f"outbound sends per second ({run})",
+                send_rate,
+                "req/s",
+                clients=CLIENTS,
+                requests=REQUESTS,
+                machine=machine(),
+            )
+            emit("outbound_rps", f"outbound latency p50 ({run})", percentile(send_latencies, 50) * 1000, "ms")
+            emit("outbound_rps", f"outbound latency p99 ({run})", percentile(send_latencies, 99) * 1000, "ms")
+            emit("outbound_rps", f"health requests per second ({run}, baseline)", health_rate, "req/s")
+            emit("outbound_rps", f"outbound / health throughput ({run})", send_rate / health_rate, "ratio")
     finally:
         azurite.stop()
-    emit(
-        "outbound_rps",
-        "outbound sends per second",
-        REQUESTS / send_time,
-        "req/s",
-        clients=CLIENTS,
-        requests=REQUESTS,
-        machine=machine(),
-    )
-    emit("outbound_rps", "outbound latency p50", percentile(send_latencies, 50) * 1000, "ms")
-    emit("outbound_rps", "outbound latency p99", percentile(send_latencies, 99) * 1000, "ms")
-    emit("outbound_rps", "health requests per second (baseline)", REQUESTS / health_time, "req/s")
-    emit(
-        "outbound_rps",
-        "outbound / health throughput",
-        (REQUESTS / send_time) / (REQUESTS / health_time),
-        "ratio",
-    )
 
 
 if __name__ == "__main__":
