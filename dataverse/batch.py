@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import copy
 import itertools
 import json
@@ -63,6 +64,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from opentelemetry import trace
+
+from core import telemetry
 
 __all__ = [
     "BatchFormatError",
@@ -447,6 +452,8 @@ class Pending:
     operation: Operation
     future: asyncio.Future[None]
     submitted: float
+    #: The span of the call that submitted it: its batch links to it.
+    origin: trace.SpanContext = trace.INVALID_SPAN_CONTEXT
     attempt: int = 0
     sent: bool = False
 
@@ -489,7 +496,8 @@ class Batcher:
             self._pending.clear()
             self._flights.clear()
             self.pacer.rebind()
-        item = Pending(operation, loop.create_future(), self.pacer.clock())
+        origin = trace.get_current_span().get_span_context()
+        item = Pending(operation, loop.create_future(), self.pacer.clock(), origin)
         self._enqueue(item)
         try:
             await item.future
@@ -507,7 +515,11 @@ class Batcher:
         else:
             self._pending.append(item)
         if self._dispatcher is None or self._dispatcher.done():
-            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+            # a context of its own: the dispatcher outlives the call that happens to start it, and
+            # every batch names its callers itself (a span per batch, linked to each of them)
+            self._dispatcher = asyncio.get_running_loop().create_task(
+                self._dispatch(), context=contextvars.Context()
+            )
         self._wakeup.set()
 
     async def _dispatch(self) -> None:
@@ -555,7 +567,8 @@ class Batcher:
     async def _fly(self, batch: list[Pending], sent_at: float) -> None:
         outcomes: Outcomes
         try:
-            outcomes = await self.send([item.operation for item in batch], sent_at)
+            with _batch_span(batch):
+                outcomes = await self.send([item.operation for item in batch], sent_at)
         except Exception as exc:  # a failure of the whole request
             outcomes = [exc] * len(batch)
         finally:
@@ -599,3 +612,12 @@ class Batcher:
             item = self._pending.popleft()
             if not item.future.done():
                 item.future.cancel()
+
+
+def _batch_span(batch: list[Pending]) -> contextlib.AbstractContextManager[trace.Span]:
+    """Span ``Dataverse batch``: a child of the first caller's span (so a lone report's request stays
+    in its trace), linked to every caller's span, whatever trace each belongs to."""
+    first = batch[0].origin
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(first)) if first.is_valid else None
+    links = [trace.Link(item.origin) for item in batch if item.origin.is_valid]
+    return telemetry.span("Dataverse batch", context=parent, links=links, Operations=len(batch))

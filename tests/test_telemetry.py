@@ -8,6 +8,7 @@ Monitor distro turns on in Azure) is on for this module only.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
@@ -25,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import azure.functions as func
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
@@ -36,6 +38,7 @@ from twilio.request_validator import RequestValidator
 
 import function_app
 from core import telemetry
+from dataverse.batch import Batcher, Operation, Pacer
 from storage.relay_queue import NotificationJob
 from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues, payload_json
 from tests.doubles import app_function
@@ -480,3 +483,36 @@ def test_every_app_logger_carries_the_scope_fields() -> None:
     for path in [ROOT / "function_app.py", *(p for package in app for p in (ROOT / package).rglob("*.py"))]:
         names |= set(re.findall(r"getLogger\(\"(sms[.\w]*)\"\)", path.read_text(encoding="utf-8")))
     assert names and names <= set(telemetry.APP_LOGGERS), sorted(names - set(telemetry.APP_LOGGERS))
+
+
+async def test_a_dataverse_batch_links_every_relay_it_carries(otel: Telemetry) -> None:
+    """Relays of different traces share one $batch: its span is linked to each of them, and a later
+    batch belongs to its own callers, not to the trace of whoever started the dispatcher."""
+    async def accept(operations: list[Operation], _started: float) -> list[BaseException | None]:
+        return [None] * len(operations)
+
+    batcher = Batcher(
+        send=accept,
+        pacer=Pacer(max_in_flight=8, timeout_seconds=30),
+        batch_size=100,
+        retry=lambda _item, _error: None,
+        long_pause=lambda _pause: RuntimeError("paused"),
+    )
+
+    async def relay(name: str) -> None:
+        with telemetry.span(name, context=otel_context.Context()):  # each relay its own trace
+            await batcher.submit(Operation("msdyn_D365ChannelsNotification", {"name": name}))
+
+    await asyncio.gather(relay("relay a"), relay("relay b"))
+    await relay("relay c")
+    await batcher.aclose()
+
+    a, b, c = otel.one("relay a"), otel.one("relay b"), otel.one("relay c")
+    assert len({a.context.trace_id, b.context.trace_id, c.context.trace_id}) == 3
+    together, alone = sorted(otel.named("Dataverse batch"), key=lambda s: s.start_time or 0)
+    assert together.attributes is not None and together.attributes["Operations"] == 2
+    assert {link.context.span_id for link in together.links} == {a.context.span_id, b.context.span_id}
+    assert together.parent is not None and together.parent.span_id == a.context.span_id
+    assert alone.parent is not None and alone.parent.span_id == c.context.span_id
+    assert alone.context.trace_id == c.context.trace_id
+    assert [link.context.span_id for link in alone.links] == [c.context.span_id]
