@@ -61,6 +61,10 @@ RELAYED_TABLE = "relayedevents"
 PARTS_TABLE = "messageparts"
 #: Attempts at recording a relay as done after Dataverse accepted it.
 MARK_ATTEMPTS = 4
+#: Table requests one process has in flight at most. The asyncio client has no limit of its own: 64
+#: relays and 16 sends at once would put 80 requests on the account together, and a request that
+#: outlives its 5 s read timeout but lands (a claim) holds its event for a lease.
+TABLE_REQUESTS_AT_ONCE = 16
 
 log = logging.getLogger("sms.relay")
 
@@ -209,6 +213,7 @@ class SendLedger:
         self._tables = (self._sends, self._messages, self._relayed, self._parts)
         self._tables_ready = False
         self._lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(TABLE_REQUESTS_AT_ONCE)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if not self._tables_ready:
@@ -217,7 +222,8 @@ class SendLedger:
                     await self._create_tables()
                     self._tables_ready = True
         try:
-            return await fn(*args, **kwargs)
+            async with self._slots:
+                return await fn(*args, **kwargs)
         except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
             raise  # answers the caller handles
         except AzureError as exc:
@@ -251,6 +257,13 @@ class SendLedger:
             if existing is None:  # purged between the two calls: try once more
                 return await self.claim(draft)
             return existing.owner == draft.owner, existing
+        except StorageUnavailable:
+            # A timed-out insert may still have landed. Unrecognised, its row would make the repeat
+            # wait out the lease and then, nothing having been sent, answer Sent: look now.
+            landed = await self.get(draft.channel_definition_id, draft.request_id)
+            if landed is None or landed.owner != draft.owner:
+                raise
+            return True, landed
 
     async def get(self, channel_definition_id: UUID, request_id: str) -> SendRecord | None:
         try:
@@ -395,11 +408,17 @@ class SendLedger:
             metadata = await self._call(self._relayed.create_entity, entity)
             return RelayClaim(RelayClaimState.CLAIMED, metadata.get("etag"))
         except ResourceExistsError:
-            pass
+            unanswered = None
+        except StorageUnavailable as exc:
+            # a timed-out insert may still have landed: unrecognised, it would hold the event for
+            # the lease (the job's next attempt claims with another owner token)
+            unanswered = exc
         try:
             existing = await self._call(self._relayed.get_entity, provider, row_key(event_key))
-        except ResourceNotFoundError:  # released in between: the next attempt will claim it
-            return RelayClaim(RelayClaimState.BUSY)
+        except ResourceNotFoundError:
+            if unanswered is not None:  # it did not land: storage is failing, try again later
+                raise unanswered from None
+            return RelayClaim(RelayClaimState.BUSY)  # released in between: the next attempt claims it
         if existing.get("State") == "Relayed":
             return RelayClaim(RelayClaimState.DONE)
         if existing.get("Owner") == entity["Owner"]:

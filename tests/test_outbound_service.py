@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from azure.core.exceptions import ServiceResponseTimeoutError
 
 from channels.base import SendReceipt, SendRequest
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
@@ -458,3 +459,41 @@ async def test_an_interrupted_send_is_not_resumed_through_another_provider(
     outcome = await make_service(ledger, other).send(payload(channel_definition_id, "rerouted"))
     assert outcome == SendOutcome(ChannelStatus.SENT)
     assert other.requests == []
+
+
+async def test_a_claim_whose_insert_timed_out_but_landed_still_sends(
+    ledger: SendLedger, channel_definition_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage wrote the claim but answered too late. Taken for a failure, the row would make every
+    repeat wait out the lease and then answer Sent for a message that never went out."""
+    insert = ledger._sends.create_entity
+
+    async def insert_then_time_out(entity: dict[str, object], **kwargs: object) -> object:
+        await insert(entity, **kwargs)
+        raise ServiceResponseTimeoutError("Timeout on reading data from socket")
+
+    monkeypatch.setattr(ledger._sends, "create_entity", insert_then_time_out)
+    channel = ScriptedAdapter(SendReceipt("SM-late-claim"))
+    outcome = await make_service(ledger, channel).send(payload(channel_definition_id, "late-claim"))
+
+    assert outcome == SendOutcome(ChannelStatus.SENT, message_id="SM-late-claim")
+    assert len(channel.requests) == 1
+    record = await ledger.get(channel_definition_id, "late-claim")
+    assert record is not None and record.state is SendState.SENT
+
+
+async def test_a_claim_that_did_not_land_sends_nothing_and_asks_for_a_retry(
+    ledger: SendLedger, channel_definition_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def time_out(entity: dict[str, object], **kwargs: object) -> object:
+        raise ServiceResponseTimeoutError("Timeout on reading data from socket")
+
+    monkeypatch.setattr(ledger._sends, "create_entity", time_out)
+    channel = ScriptedAdapter(SendReceipt("SM-never"))
+    with pytest.raises(StorageUnavailable):
+        await make_service(ledger, channel).send(payload(channel_definition_id, "no-claim"))
+    assert channel.requests == []
+    monkeypatch.undo()
+    retried = await make_service(ledger, channel).send(payload(channel_definition_id, "no-claim"))
+    assert retried == SendOutcome(ChannelStatus.SENT, message_id="SM-never")
+    assert len(channel.requests) == 1

@@ -12,11 +12,12 @@ from typing import Any
 
 import azure.functions as func
 import pytest
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ServiceResponseTimeoutError
 
 from contracts import ChannelStatus
 from dataverse.client import DataverseClient
 from dataverse.dry_run import DryRunDataverse
+from storage.errors import StorageUnavailable
 from storage.ledger import RelayClaimState, SendLedger, SendRecord, SendState
 from storage.relay_queue import InboundJob, NotificationJob, RelayQueue
 from storage.replay_poison import replay
@@ -306,3 +307,41 @@ async def test_a_claim_whose_answer_was_lost_is_still_this_workers(
     monkeypatch.undo()
     async with ledger.relay_claim("twilio", key, lease_seconds=600) as again:
         assert again.state is RelayClaimState.DONE
+
+
+async def test_a_claim_whose_insert_timed_out_but_landed_is_still_this_workers(
+    ledger: SendLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage wrote the claim but its answer came too late: the worker reads its own row back
+    instead of leaving the event held for the lease (what it did before)."""
+    table = ledger._relayed
+    insert = table.create_entity
+
+    async def insert_then_time_out(entity: dict[str, Any], **kwargs: Any) -> Any:
+        await insert(entity, **kwargs)
+        raise ServiceResponseTimeoutError("Timeout on reading data from socket")
+
+    monkeypatch.setattr(table, "create_entity", insert_then_time_out)
+    key = f"notification|SM{uuid.uuid4().hex}|Delivered"
+    async with ledger.relay_claim("twilio", key, lease_seconds=600) as claim:
+        assert claim.state is RelayClaimState.CLAIMED
+        claim.relayed()
+    monkeypatch.undo()
+    async with ledger.relay_claim("twilio", key, lease_seconds=600) as again:
+        assert again.state is RelayClaimState.DONE
+
+
+async def test_a_claim_whose_insert_failed_leaves_the_event_free(
+    ledger: SendLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def time_out(entity: dict[str, Any], **kwargs: Any) -> Any:
+        raise ServiceResponseTimeoutError("Timeout on reading data from socket")
+
+    monkeypatch.setattr(ledger._relayed, "create_entity", time_out)
+    key = f"notification|SM{uuid.uuid4().hex}|Delivered"
+    with pytest.raises(StorageUnavailable):
+        async with ledger.relay_claim("twilio", key, lease_seconds=600):
+            pass
+    monkeypatch.undo()
+    async with ledger.relay_claim("twilio", key, lease_seconds=600) as claim:  # the next attempt
+        assert claim.state is RelayClaimState.CLAIMED
