@@ -457,6 +457,8 @@ class SendLedger:
                 )
                 return
             except (ResourceModifiedError, ResourceNotFoundError):
+                if await self._is_relayed(provider, event_key):
+                    return  # our own write: the SDK retried it after its answer was lost
                 log.warning(
                     "relayed %s after its claim was taken over; Dataverse may see it twice", event_key
                 )
@@ -472,6 +474,13 @@ class SendLedger:
                     )
                     return
                 await asyncio.sleep(0.5 * 2**attempt)
+
+    async def _is_relayed(self, provider: str, event_key: str) -> bool:
+        try:
+            row = await self._call(self._relayed.get_entity, provider, row_key(event_key))
+        except (ResourceNotFoundError, StorageUnavailable):
+            return False
+        return bool(row.get("State") == "Relayed")
 
     async def _release_relay(self, provider: str, event_key: str, claim: RelayClaim) -> None:
         """Give the claim back unless another worker holds the event by now."""

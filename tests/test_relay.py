@@ -12,7 +12,7 @@ from typing import Any
 
 import azure.functions as func
 import pytest
-from azure.core.exceptions import ResourceExistsError, ServiceResponseTimeoutError
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ServiceResponseTimeoutError
 
 from contracts import ChannelStatus
 from dataverse.client import DataverseClient
@@ -345,3 +345,26 @@ async def test_a_claim_whose_insert_failed_leaves_the_event_free(
     monkeypatch.undo()
     async with ledger.relay_claim("twilio", key, lease_seconds=600) as claim:  # the next attempt
         assert claim.state is RelayClaimState.CLAIMED
+
+
+async def test_a_completion_whose_answer_was_lost_is_not_taken_for_a_takeover(
+    ledger: SendLedger, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK retries the 'relayed' write after its answer was lost (a connection the server had
+    closed); the retry's ETag no longer matches. That is this worker's own write, not another's."""
+    table = ledger._relayed
+    update = table.update_entity
+
+    async def update_then_lose_the_answer(entity: dict[str, Any], **kwargs: Any) -> Any:
+        await update(entity, **kwargs)
+        raise ResourceModifiedError("the retried update meets the first one")
+
+    key = f"notification|SM{uuid.uuid4().hex}|Delivered"
+    async with ledger.relay_claim("twilio", key, lease_seconds=600) as claim:
+        assert claim.state is RelayClaimState.CLAIMED
+        monkeypatch.setattr(table, "update_entity", update_then_lose_the_answer)
+        claim.relayed()
+    monkeypatch.undo()
+    assert "taken over" not in caplog.text
+    async with ledger.relay_claim("twilio", key, lease_seconds=600) as again:
+        assert again.state is RelayClaimState.DONE
