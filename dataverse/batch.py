@@ -517,8 +517,8 @@ class Batcher:
         if self._dispatcher is None or self._dispatcher.done():
             # a context of its own: the dispatcher outlives the call that happens to start it, and
             # every batch names its callers itself (a span per batch, linked to each of them)
-            self._dispatcher = asyncio.get_running_loop().create_task(
-                self._dispatch(), context=contextvars.Context()
+            self._dispatcher = contextvars.Context().run(
+                asyncio.get_running_loop().create_task, self._dispatch()
             )
         self._wakeup.set()
 

@@ -81,6 +81,8 @@ class RelayClaimState(StrEnum):
 class RelayClaim:
     state: RelayClaimState
     etag: str | None = None
+    #: The claimant's token, kept on the row once relayed: a lost answer is then told from a takeover.
+    owner: str | None = None
     is_relayed: bool = False
 
     def relayed(self) -> None:
@@ -395,6 +397,7 @@ class SendLedger:
             await self._release_relay(provider, event_key, claim)
 
     async def _claim_relay(self, provider: str, event_key: str, lease_seconds: float) -> RelayClaim:
+        owner = uuid.uuid4().hex
         entity = {
             "PartitionKey": provider,
             "RowKey": row_key(event_key),
@@ -402,11 +405,11 @@ class SendLedger:
             "LeaseUntil": self.lease(lease_seconds),
             "ExpiresAt": self.expiry(),
             # lets this call recognise its own insert when the SDK retried it after a lost answer
-            "Owner": uuid.uuid4().hex,
+            "Owner": owner,
         }
         try:
             metadata = await self._call(self._relayed.create_entity, entity)
-            return RelayClaim(RelayClaimState.CLAIMED, metadata.get("etag"))
+            return RelayClaim(RelayClaimState.CLAIMED, metadata.get("etag"), owner)
         except ResourceExistsError:
             unanswered = None
         except StorageUnavailable as exc:
@@ -417,12 +420,12 @@ class SendLedger:
             existing = await self._call(self._relayed.get_entity, provider, row_key(event_key))
         except ResourceNotFoundError:
             if unanswered is not None:  # it did not land: storage is failing, try again later
-                raise unanswered from None
+                raise unanswered from unanswered.__cause__  # keep the storage error it came from
             return RelayClaim(RelayClaimState.BUSY)  # released in between: the next attempt claims it
         if existing.get("State") == "Relayed":
             return RelayClaim(RelayClaimState.DONE)
-        if existing.get("Owner") == entity["Owner"]:
-            return RelayClaim(RelayClaimState.CLAIMED, existing.metadata.get("etag"))
+        if existing.get("Owner") == owner:
+            return RelayClaim(RelayClaimState.CLAIMED, existing.metadata.get("etag"), owner)
         if _utc(existing["LeaseUntil"]) > self.now:
             return RelayClaim(RelayClaimState.BUSY)
         try:  # the claimant died mid-relay: take its claim over
@@ -435,7 +438,7 @@ class SendLedger:
             )
         except ResourceModifiedError:
             return RelayClaim(RelayClaimState.BUSY)
-        return RelayClaim(RelayClaimState.CLAIMED, metadata.get("etag"))
+        return RelayClaim(RelayClaimState.CLAIMED, metadata.get("etag"), owner)
 
     async def _mark_relayed(self, provider: str, event_key: str, claim: RelayClaim, lease: float) -> None:
         """Dataverse has the event: record that, but never raise now (a retry would relay it again)."""
@@ -445,6 +448,7 @@ class SendLedger:
             "State": "Relayed",
             "RelayedAt": self.now,
             "ExpiresAt": self.expiry(),
+            "Owner": claim.owner,
         }
         for attempt in range(MARK_ATTEMPTS):
             try:
@@ -457,7 +461,7 @@ class SendLedger:
                 )
                 return
             except (ResourceModifiedError, ResourceNotFoundError):
-                if await self._is_relayed(provider, event_key):
+                if await self._relayed_by(provider, event_key, claim.owner):
                     return  # our own write: the SDK retried it after its answer was lost
                 log.warning(
                     "relayed %s after its claim was taken over; Dataverse may see it twice", event_key
@@ -475,12 +479,12 @@ class SendLedger:
                     return
                 await asyncio.sleep(0.5 * 2**attempt)
 
-    async def _is_relayed(self, provider: str, event_key: str) -> bool:
+    async def _relayed_by(self, provider: str, event_key: str, owner: str | None) -> bool:
         try:
             row = await self._call(self._relayed.get_entity, provider, row_key(event_key))
         except (ResourceNotFoundError, StorageUnavailable):
             return False
-        return bool(row.get("State") == "Relayed")
+        return bool(row.get("State") == "Relayed" and owner is not None and row.get("Owner") == owner)
 
     async def _release_relay(self, provider: str, event_key: str, claim: RelayClaim) -> None:
         """Give the claim back unless another worker holds the event by now."""

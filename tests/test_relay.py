@@ -368,3 +368,19 @@ async def test_a_completion_whose_answer_was_lost_is_not_taken_for_a_takeover(
     assert "taken over" not in caplog.text
     async with ledger.relay_claim("twilio", key, lease_seconds=600) as again:
         assert again.state is RelayClaimState.DONE
+
+
+async def test_a_completion_written_by_another_worker_is_still_reported(
+    ledger: SendLedger, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only our own 'relayed' row is taken for a lost answer: another worker's means Dataverse
+    may have the event twice, and that must stay visible."""
+    key = f"notification|SM{uuid.uuid4().hex}|Delivered"
+    row = {"PartitionKey": "twilio", "RowKey": key.replace("|", "%7C")}
+
+    async with ledger.relay_claim("twilio", key, lease_seconds=600) as claim:
+        assert claim.state is RelayClaimState.CLAIMED
+        # meanwhile another worker, having taken the claim over, relays and records it
+        await ledger._relayed.upsert_entity({**row, "State": "Relayed", "Owner": "another"})
+        claim.relayed()
+    assert "taken over" in caplog.text
