@@ -189,28 +189,24 @@ async def test_a_refused_connection_is_nothing_sent() -> None:
     await adapter.aclose()
 
 
-async def test_a_connection_closed_after_the_request_is_maybe_sent() -> None:
-    async with serve(close_without_answer) as (server, url):
-        async with client(url) as http:
-            with pytest.raises(httpx.RemoteProtocolError):
+@pytest.mark.parametrize(
+    ("answer", "failure"),
+    [(close_without_answer, httpx.RemoteProtocolError), (never_answer, httpx.ReadTimeout)],
+    ids=["closed-after-the-request", "no-answer-in-time"],
+)
+async def test_a_failure_after_the_request_left_is_maybe_sent(
+    answer: Callable[[RawRequest, asyncio.StreamWriter], Awaitable[None]],
+    failure: type[httpx.TransportError],
+) -> None:
+    async with serve(answer) as (server, url):
+        async with client(url, timeout=0.3) as http:
+            with pytest.raises(failure):
                 await http.post("/", content=b"x")
         adapter = twilio(url)
         with pytest.raises(AmbiguousSendError):
             await adapter.send(send_request())
         await adapter.aclose()
     assert len(server.received) == 2  # both requests did reach the server
-
-
-async def test_no_answer_in_time_is_maybe_sent() -> None:
-    async with serve(never_answer) as (server, url):
-        async with client(url, timeout=0.3) as http:
-            with pytest.raises(httpx.ReadTimeout):
-                await http.post("/", content=b"x")
-        adapter = twilio(url)
-        with pytest.raises(AmbiguousSendError):
-            await adapter.send(send_request())
-        await adapter.aclose()
-    assert len(server.received) == 2
 
 
 async def test_waiting_too_long_for_a_free_connection_is_nothing_sent() -> None:

@@ -287,41 +287,29 @@ async def test_unreadable_queue_message_goes_to_poison(
     assert "not a relay job" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "lost_answer",
+    [
+        # the SDK retried an insert whose answer it lost; the retry met the row the first try wrote
+        ResourceExistsError("the retried insert meets the first one"),
+        # the insert landed but its answer came after the read timeout (the SDK does not retry a POST)
+        ServiceResponseTimeoutError("Timeout on reading data from socket"),
+    ],
+    ids=["retried-insert-conflicts", "insert-timed-out"],
+)
 async def test_a_claim_whose_answer_was_lost_is_still_this_workers(
-    ledger: SendLedger, monkeypatch: pytest.MonkeyPatch
+    ledger: SendLedger, monkeypatch: pytest.MonkeyPatch, lost_answer: Exception
 ) -> None:
-    """The storage SDK retries an insert whose answer it lost; the retry meets the row the first try
-    wrote. That row is this worker's claim, not another's (which would hold the event for a lease)."""
+    """The row the insert wrote is this worker's claim, not another's (which would hold the event
+    for the lease)."""
     table = ledger._relayed
     insert = table.create_entity
 
     async def insert_then_lose_the_answer(entity: dict[str, Any], **kwargs: Any) -> Any:
         await insert(entity, **kwargs)
-        raise ResourceExistsError("the retried insert meets the first one")
+        raise lost_answer
 
     monkeypatch.setattr(table, "create_entity", insert_then_lose_the_answer)
-    key = f"notification|SM{uuid.uuid4().hex}|Delivered"
-    async with ledger.relay_claim("twilio", key, lease_seconds=600) as claim:
-        assert claim.state is RelayClaimState.CLAIMED
-        claim.relayed()
-    monkeypatch.undo()
-    async with ledger.relay_claim("twilio", key, lease_seconds=600) as again:
-        assert again.state is RelayClaimState.DONE
-
-
-async def test_a_claim_whose_insert_timed_out_but_landed_is_still_this_workers(
-    ledger: SendLedger, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Storage wrote the claim but its answer came too late: the worker reads its own row back
-    instead of leaving the event held for the lease (what it did before)."""
-    table = ledger._relayed
-    insert = table.create_entity
-
-    async def insert_then_time_out(entity: dict[str, Any], **kwargs: Any) -> Any:
-        await insert(entity, **kwargs)
-        raise ServiceResponseTimeoutError("Timeout on reading data from socket")
-
-    monkeypatch.setattr(table, "create_entity", insert_then_time_out)
     key = f"notification|SM{uuid.uuid4().hex}|Delivered"
     async with ledger.relay_claim("twilio", key, lease_seconds=600) as claim:
         assert claim.state is RelayClaimState.CLAIMED
