@@ -45,6 +45,12 @@ class _StorageTransport(AioHttpTransport):  # type: ignore[misc]  # azure-core t
         super().__init__(use_env_settings=bool(urllib.request.getproxies()), **options)
         self._context = httpx.create_ssl_context()
 
+    @classmethod
+    def taking_timeouts(cls, options: dict[str, Any]) -> _StorageTransport:
+        """A transport with ``connection_timeout`` / ``read_timeout``, taken out of ``options``."""
+        timeouts = {key: options.pop(key) for key in ("connection_timeout", "read_timeout") if key in options}
+        return cls(**timeouts)
+
     def _build_ssl_config(self, cert: Any, verify: Any) -> ssl.SSLContext | bool | str:
         if verify is True and not cert:
             return self._context
@@ -84,9 +90,7 @@ class StorageAccess:
 
     def table_service(self, **options: Any) -> TableServiceClient:
         """An asyncio table service client; ``connection_timeout`` / ``read_timeout`` go to its transport."""
-        transport = _StorageTransport(
-            **{key: options.pop(key) for key in ("connection_timeout", "read_timeout") if key in options}
-        )
+        transport = _StorageTransport.taking_timeouts(options)
         if isinstance(self.location, StorageConnectionString):
             return TableServiceClient.from_connection_string(
                 self.location.value, transport=transport, **options
@@ -98,9 +102,7 @@ class StorageAccess:
     def async_queue(self, name: str, **options: Any) -> AsyncQueueClient:
         """An asyncio queue client sending messages as given (callers base64-encode them, as the
         host reads them)."""
-        transport = _StorageTransport(
-            **{key: options.pop(key) for key in ("connection_timeout", "read_timeout") if key in options}
-        )
+        transport = _StorageTransport.taking_timeouts(options)
         if isinstance(self.location, StorageConnectionString):
             return AsyncQueueClient.from_connection_string(
                 self.location.value, name, transport=transport, **options

@@ -22,7 +22,7 @@ from dataverse.auth import MsalTokenProvider
 from dataverse.client import DataverseClient
 from dataverse.settings import DataverseSettings, IdentitySettings
 from storage.ledger import SendLedger
-from storage.relay_queue import POISON_QUEUE, RELAY_QUEUE, RelayJob, decode_job
+from storage.relay_queue import POISON_QUEUE, RELAY_QUEUE, RelayJob, RelayQueue, decode_job
 from tests.fakes.azurite import Azurite, start_azurite
 from tests.fakes.dataverse import FakeDataverse, FakeEntra
 from tests.fakes.http import FakeHttpServer
@@ -111,6 +111,14 @@ async def ledger(azurite: Azurite) -> AsyncIterator[SendLedger]:
     store = SendLedger(azurite.connection_string, retention=timedelta(days=30))
     yield store
     await store.aclose()
+
+
+@pytest.fixture
+async def queue(azurite: Azurite, relay_queues: RelayQueues) -> AsyncIterator[RelayQueue]:
+    """The app's relay queue client, on the session's Azurite (cleared by ``relay_queues``)."""
+    relay_queue = RelayQueue(azurite.connection_string)
+    yield relay_queue
+    await relay_queue.aclose()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from contracts import ChannelStatus
 from dataverse.client import DataverseClient
 from dataverse.dry_run import DryRunDataverse
 from storage.errors import StorageUnavailable
-from storage.ledger import RelayClaimState, SendLedger, SendRecord, SendState
+from storage.ledger import TABLE_REQUESTS_AT_ONCE, RelayClaimState, SendLedger, SendRecord, SendState
 from storage.relay_queue import InboundJob, NotificationJob, RelayQueue
 from storage.replay_poison import replay
 from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues
@@ -34,13 +34,6 @@ async def dataverse(dataverse_world: DataverseWorld) -> AsyncIterator[DataverseC
     client = dataverse_world.client()
     yield client
     await client.aclose()
-
-
-@pytest.fixture
-async def queue(azurite: Azurite, relay_queues: RelayQueues) -> AsyncIterator[RelayQueue]:
-    relay_queue = RelayQueue(azurite.connection_string)
-    yield relay_queue
-    await relay_queue.aclose()
 
 
 @pytest.fixture
@@ -372,3 +365,31 @@ async def test_a_completion_written_by_another_worker_is_still_reported(
         await ledger._relayed.upsert_entity({**row, "State": "Relayed", "Owner": "another"})
         claim.relayed()
     assert "taken over" in caplog.text
+
+
+async def test_a_process_keeps_at_most_sixteen_table_requests_in_flight(
+    ledger: SendLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asyncio client has no limit of its own: the ledger caps what it puts on the account."""
+    await ledger.get(uuid.uuid4(), "tables-created")
+    table = ledger._sends
+    read = table.get_entity
+    in_flight = peak = 0
+    full = asyncio.Event()  # requests are held until as many as the cap allows are in flight
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        if in_flight >= TABLE_REQUESTS_AT_ONCE:
+            full.set()
+        try:
+            await full.wait()
+            return await read(*args, **kwargs)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(table, "get_entity", counted)
+    records = await asyncio.gather(*(ledger.get(uuid.uuid4(), f"cap-{n}") for n in range(60)))
+    assert records == [None] * 60
+    assert peak == TABLE_REQUESTS_AT_ONCE

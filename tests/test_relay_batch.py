@@ -25,16 +25,8 @@ from storage.ledger import SendLedger
 from storage.relay_queue import NotificationJob, RelayQueue, decode_job
 from tests.conftest import DataverseWorld, RelayQueues
 from tests.doubles import send_record
-from tests.fakes.azurite import Azurite
 from tests.fakes.dataverse import FakeDataverse, ServiceProtection
 from usecases.relay import RelayService
-
-
-@pytest.fixture
-async def queue(azurite: Azurite, relay_queues: RelayQueues) -> AsyncIterator[RelayQueue]:
-    relay_queue = RelayQueue(azurite.connection_string)
-    yield relay_queue
-    await relay_queue.aclose()
 
 
 @pytest.fixture
