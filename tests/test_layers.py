@@ -68,11 +68,7 @@ def test_every_app_package_is_declared() -> None:
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_package_imports_only_lower_layers(package: str) -> None:
-    forbidden = {
-        name: where
-        for name, where in GRAPH[package].items()
-        if name not in ALLOWED[package]
-    }
+    forbidden = {name: where for name, where in GRAPH[package].items() if name not in ALLOWED[package]}
     assert not forbidden, f"{package} must not import {forbidden}"
 
 

@@ -488,6 +488,7 @@ def test_every_app_logger_carries_the_scope_fields() -> None:
 async def test_a_dataverse_batch_links_every_relay_it_carries(otel: Telemetry) -> None:
     """Relays of different traces share one $batch: its span is linked to each of them, and a later
     batch belongs to its own callers, not to the trace of whoever started the dispatcher."""
+
     async def accept(operations: list[Operation], _started: float) -> list[BaseException | None]:
         return [None] * len(operations)
 
