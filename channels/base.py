@@ -58,6 +58,16 @@ class SendReceipt:
     part_message_ids: tuple[str, ...] = ()
     #: Parts the provider refused while accepting others: the text arrives incomplete.
     refused_parts: int = 0
+    #: Every delivery report of this message will carry ``<ChannelDefinitionId>/<RequestId>``, by
+    #: construction (Twilio reports to the per-message StatusCallback URL that holds it), not merely
+    #: because a provider documents echoing a field: reports then find the send's own row, and the
+    #: message-id record is not written.
+    reports_carry_reference: bool = False
+
+    @property
+    def parts(self) -> int:
+        """How many separately reported parts the message went out as."""
+        return max(len(self.part_message_ids) + self.refused_parts, 1)
 
 
 class ProviderAdapter(Protocol):

@@ -167,7 +167,10 @@ class SimulatorAdapter:
             task = asyncio.create_task(self._report_later(request, message_id))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
-        return SendReceipt(message_id=message_id, provider_status="accepted")
+        # its own reports carry the reference (Correlation); reports scripted by hand may not
+        return SendReceipt(
+            message_id=message_id, provider_status="accepted", reports_carry_reference=self._closes_the_loop()
+        )
 
     async def aclose(self) -> None:
         pending = list(self._pending)

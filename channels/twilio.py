@@ -184,7 +184,11 @@ class TwilioAdapter:
             sid = body.get("sid")
             if not isinstance(sid, str) or not sid:
                 raise AmbiguousSendError("twilio: accepted answer without a message sid")
-            return SendReceipt(message_id=sid, provider_status=body.get("status"))
+            return SendReceipt(
+                message_id=sid,
+                provider_status=body.get("status"),
+                reports_carry_reference=bool(self.status_callback_url),
+            )
         raise _failure(response)
 
     async def aclose(self) -> None:

@@ -9,7 +9,8 @@ processes can never both believe they own a send.
        ├──► Retryable                   nothing went out; the next repeat may claim the row again
        └──► Ambiguous                   the provider may have the message; never sent again
 
-``smsmessages`` maps a provider's message id back to the request, for delivery reports.
+``smsmessages`` maps a provider's message id back to the request, for delivery reports whose
+reference to the request is not certain (a send whose reports all carry it needs no such row).
 ``relayedevents`` remembers each (provider, message id, status) relayed to Dataverse, so provider
 retries and queue redeliveries relay it once. Every table carries ``ExpiresAt``;
 :meth:`SendLedger.purge_expired` deletes what has passed it.
@@ -118,6 +119,8 @@ class SendRecord:
     encoding: str
     is_test_send: bool = False
     message_id: str | None = None
+    #: How many separately reported parts the message went out as (see MessageRecord.parts).
+    parts: int = 1
     reason: str | None = None
     #: Token of the call that last claimed the row: lets a call recognise its own write when the
     #: storage SDK retried it after a lost response (the retry then sees a conflict).
@@ -144,6 +147,8 @@ class SendRecord:
         }
         if self.message_id is not None:
             entity["MessageId"] = self.message_id
+        if self.parts != 1:
+            entity["Parts"] = self.parts
         if self.reason is not None:
             entity["Reason"] = self.reason
         return entity
@@ -165,6 +170,7 @@ class SendRecord:
             encoding=entity.get("Encoding", ""),
             is_test_send=bool(entity.get("IsTestSend", False)),
             message_id=entity.get("MessageId"),
+            parts=int(entity.get("Parts", 1)),
             reason=entity.get("Reason"),
             owner=entity.get("Owner", ""),
             etag=entity.metadata.get("etag"),

@@ -12,10 +12,11 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pytest
+from azure.data.tables import TableServiceClient
 from twilio.request_validator import RequestValidator
 
 from contracts import ChannelStatus
-from storage.ledger import SendLedger
+from storage.ledger import MESSAGES_TABLE, SendLedger
 from storage.relay_queue import NotificationJob, RelayQueue
 from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues, payload_json
 from tests.doubles import send_record
@@ -70,11 +71,13 @@ def post_signed(http: httpx.Client, url: str, params: dict[str, str], token: str
 
 def test_status_callback_reaches_dataverse_once(
     app_env: dict[str, str],
+    azurite: Azurite,
     fake_twilio: FakeHttpServer,
     twilio_token: str,
     dataverse_world: DataverseWorld,
     relay_queues: RelayQueues,
 ) -> None:
+    """The callback URL names the request, so the send stored its message id in its own row only."""
     channel_definition_id = uuid.uuid4()
     fake = dataverse_world.dataverse
     with local_host(app_env) as base, client(base) as http:
@@ -111,6 +114,10 @@ def test_status_callback_reaches_dataverse_once(
         }
     ]
     assert len(dataverse_world.entra.token_requests) == 1
+    messages = TableServiceClient.from_connection_string(azurite.connection_string).get_table_client(
+        MESSAGES_TABLE
+    )
+    assert list(messages.query_entities(f"RowKey eq '{sent['MessageId']}'")) == []
 
 
 def test_inbound_reply_reaches_dataverse(

@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -97,12 +98,13 @@ async def multipart_send(ledger: SendLedger, parts: int) -> tuple[SendRecord, li
     return record, ids
 
 
-def report(message_id: str, status: ChannelStatus) -> RelayJob:
+def report(message_id: str, status: ChannelStatus, correlation: str | None = None) -> RelayJob:
     return NotificationJob(
         provider="vonage",
         message_id=message_id,
         status=status,
         provider_status="delivered" if status is ChannelStatus.DELIVERED else "failed",
+        correlation=correlation,
     )
 
 
@@ -133,6 +135,25 @@ async def test_delivered_once_every_part_is(
     )
     assert notification["StatusDetails"]["PartsTotal"] == "3"  # type: ignore[index]
     assert notification["StatusDetails"]["PartsDelivered"] == "3"  # type: ignore[index]
+
+
+async def test_parts_whose_reports_name_the_request_still_wait_for_each_other(
+    relay: tuple[RelayService, DryRunDataverse], ledger: SendLedger
+) -> None:
+    """Part 1's report finds the send's own row (it holds part 1's id); that row knows the parts."""
+    service, dataverse = relay
+    record, ids = await multipart_send(ledger, 2)
+    assert (await ledger.claim(replace(record, message_id=ids[0], parts=2)))[0]
+    reference = {"correlation": f"{record.channel_definition_id}/{record.request_id}"}
+    await service.process(report(ids[0], ChannelStatus.DELIVERED, **reference))
+    assert relayed(dataverse) == []
+    await service.process(report(ids[1], ChannelStatus.DELIVERED, **reference))
+    [notification] = relayed(dataverse)
+    assert (notification["RequestId"], notification["MessageId"], notification["Status"]) == (
+        record.request_id,
+        ids[0],
+        "Delivered",
+    )
 
 
 async def test_not_delivered_as_soon_as_one_part_fails(

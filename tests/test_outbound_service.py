@@ -449,6 +449,54 @@ async def test_every_part_of_a_multipart_send_is_recorded(
         )
 
 
+async def test_a_send_whose_reports_carry_its_reference_keeps_its_message_id_in_its_own_row(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
+    channel = ScriptedAdapter(SendReceipt("SM-ref", reports_carry_reference=True))
+    outcome = await make_service(ledger, channel).send(payload(channel_definition_id, "by-reference"))
+    assert outcome == SendOutcome(ChannelStatus.SENT, message_id="SM-ref")
+    record = await ledger.get(channel_definition_id, "by-reference")
+    assert record is not None and (record.state, record.message_id, record.parts) == (
+        SendState.SENT,
+        "SM-ref",
+        1,
+    )
+    assert await ledger.find_message("scripted", "SM-ref") is None
+
+
+async def test_parts_are_recorded_by_message_id_even_when_reports_carry_the_reference(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
+    """Part 2's report names part 2's id, which the send's row does not hold."""
+    receipt = SendReceipt("P1", part_message_ids=("P1", "P2"), reports_carry_reference=True)
+    await make_service(ledger, ScriptedAdapter(receipt)).send(payload(channel_definition_id, "ref-parts"))
+    record = await ledger.get(channel_definition_id, "ref-parts")
+    assert record is not None and record.parts == 2
+    part = await ledger.find_message("scripted", "P2")
+    assert part is not None and (part.message_id, part.parts) == ("P1", 2)
+
+
+class _LedgerLosingTheOutcome(SendLedger):
+    async def replace_if_unchanged(self, record: SendRecord, **changes: object) -> SendRecord | None:
+        if changes.get("state") is SendState.SENT:
+            raise StorageUnavailable("table storage: ServiceResponseTimeoutError")
+        return await super().replace_if_unchanged(record, **changes)
+
+
+async def test_the_message_record_is_written_when_the_outcome_could_not_be(
+    azurite: Azurite, channel_definition_id: uuid.UUID
+) -> None:
+    """Reports that carry the reference find a row without the message id: the record is the
+    other way to them."""
+    ledger = _LedgerLosingTheOutcome(azurite.connection_string, retention=timedelta(days=1))
+    channel = ScriptedAdapter(SendReceipt("SM-lost", reports_carry_reference=True))
+    outcome = await make_service(ledger, channel).send(payload(channel_definition_id, "lost-outcome"))
+    message = await ledger.find_message("scripted", "SM-lost")
+    await ledger.aclose()
+    assert outcome == SendOutcome(ChannelStatus.SENT, message_id="SM-lost")
+    assert message is not None and message.request_id == "lost-outcome"
+
+
 async def test_an_interrupted_send_is_not_resumed_through_another_provider(
     ledger: SendLedger, channel_definition_id: uuid.UUID
 ) -> None:

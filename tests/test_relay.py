@@ -7,6 +7,7 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,45 @@ async def test_echoed_reference_correlates_an_ambiguous_send(
         send.request_id,
         OUR_NUMBER,
     )
+
+
+async def test_a_send_whose_reports_name_it_is_found_by_its_row(
+    service: RelayService, ledger: SendLedger, dataverse_world: DataverseWorld
+) -> None:
+    """Twilio reports to the URL given with the send, which names the request: no message record."""
+    message_id = "SM" + uuid.uuid4().hex
+    send = replace(send_record("twilio"), message_id=message_id)
+    assert (await ledger.claim(send))[0]
+    assert await ledger.find_message("twilio", message_id) is None
+
+    await service.process(
+        delivered(message_id, correlation=f"{send.channel_definition_id}/{send.request_id}")
+    )
+
+    [payload] = dataverse_world.dataverse.notification_payloads()
+    assert (payload["ChannelDefinitionId"], payload["RequestId"], payload["MessageId"], payload["From"]) == (
+        str(send.channel_definition_id),
+        send.request_id,
+        message_id,
+        OUR_NUMBER,
+    )
+
+
+async def test_a_reference_is_not_taken_to_a_send_of_another_message(
+    service: RelayService, ledger: SendLedger, dataverse_world: DataverseWorld
+) -> None:
+    """A reference outside what the provider signs (Telnyx signs only the body) cannot move a
+    report to another request: the row it names must hold the reported message id."""
+    send = replace(send_record("twilio"), message_id="SM" + uuid.uuid4().hex)
+    assert (await ledger.claim(send))[0]
+    _, recorded = await sent_message(ledger)
+    reference = f"{send.channel_definition_id}/{send.request_id}"
+
+    await service.process(delivered("SMother", correlation=reference, attempt=UNKNOWN_MESSAGE_ATTEMPTS - 1))
+    await service.process(delivered(recorded, correlation=reference))
+
+    [payload] = dataverse_world.dataverse.notification_payloads()
+    assert payload["MessageId"] == recorded and payload["RequestId"] != send.request_id
 
 
 async def test_a_reference_to_another_providers_send_is_not_trusted(

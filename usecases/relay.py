@@ -79,11 +79,7 @@ class RelayService:
 
     async def _process(self, job: RelayJob, context: str) -> None:
         # looked up once: a record appearing between two look-ups must not split one decision
-        record = (
-            await self.ledger.find_message(job.provider, job.message_id)
-            if isinstance(job, NotificationJob)
-            else None
-        )
+        record = await self._sent_message(job) if isinstance(job, NotificationJob) else None
         whole = (
             await self._whole_notification(job, context, record)
             if isinstance(job, NotificationJob)
@@ -192,22 +188,13 @@ class RelayService:
     async def _notification(
         self, job: NotificationJob, context: str, record: MessageRecord | None
     ) -> NotificationPayload | None:
-        echoed = await self._echoed_send(job) if record is None else None
-        if record is not None:
-            channel_definition_id, request_id, sender = (
-                record.channel_definition_id,
-                record.request_id,
-                record.sender,
-            )
-        elif echoed is not None:
-            channel_definition_id, request_id, sender = echoed
-        elif job.attempt + 1 < UNKNOWN_MESSAGE_ATTEMPTS:
-            delay = UNKNOWN_MESSAGE_DELAYS_SECONDS[job.attempt]
-            log.info("%s: message id not known yet; looking again in %.0fs", context, delay)
-            await self.queue.put(job.model_copy(update={"attempt": job.attempt + 1}), delay=delay)
-            return None
-        else:
-            log.warning("%s: no send of this app has this message id; dropped", context)
+        if record is None:
+            if job.attempt + 1 < UNKNOWN_MESSAGE_ATTEMPTS:
+                delay = UNKNOWN_MESSAGE_DELAYS_SECONDS[job.attempt]
+                log.info("%s: message id not known yet; looking again in %.0fs", context, delay)
+                await self.queue.put(job.model_copy(update={"attempt": job.attempt + 1}), delay=delay)
+            else:
+                log.warning("%s: no send of this app has this message id; dropped", context)
             return None
         status_details = {"Provider": job.provider, "ProviderStatus": job.provider_status}
         if job.error_code:
@@ -222,25 +209,39 @@ class RelayService:
                 message=job.description or f"{job.provider} status {job.provider_status}",
             )
         return NotificationPayload(
-            channel_definition_id=channel_definition_id,
-            request_id=request_id,
+            channel_definition_id=record.channel_definition_id,
+            request_id=record.request_id,
             message_id=job.message_id,
-            from_=sender,
+            from_=record.sender,
             organization_id=await self.dataverse.organization_id(),
             status=job.status,
             status_details=status_details,
             details=details,
         )
 
-    async def _echoed_send(self, job: NotificationJob) -> tuple[uuid.UUID, str, str] | None:
-        """The request named by the reference the provider echoed, if this provider sent it."""
+    async def _sent_message(self, job: NotificationJob) -> MessageRecord | None:
+        """The send a delivery report belongs to.
+
+        A report naming its request (the reference the provider echoed) is taken to that request's
+        row: sends whose reports all carry it have no message-id record, and an ambiguous send never
+        learnt its message id. The row must be this provider's, and name this message unless it
+        never learnt its id: a reference the provider did not sign cannot move a report to another
+        send. Anything else is looked up by message id.
+        """
         echoed = _correlation(job.correlation)
-        if echoed is None:
-            return None
-        send = await self.ledger.get(*echoed)
-        if send is None or send.provider != job.provider:
-            return None  # a reference to another provider's send is not taken from this one
-        return send.channel_definition_id, send.request_id, send.sender
+        send = await self.ledger.get(*echoed) if echoed is not None else None
+        if send is not None and send.provider == job.provider and send.message_id in (None, job.message_id):
+            return MessageRecord(
+                provider=send.provider,
+                message_id=send.message_id or job.message_id,
+                channel_definition_id=send.channel_definition_id,
+                request_id=send.request_id,
+                sender=send.sender,
+                segments=send.segments,
+                expires_at=send.expires_at,
+                parts=send.parts,
+            )
+        return await self.ledger.find_message(job.provider, job.message_id)
 
     async def _inbound(self, job: InboundJob) -> InboundPayload:
         # our number may be a short code, which is no phone number; the customer's must be one
