@@ -14,6 +14,9 @@ reference to the request is not certain (a send whose reports all carry it needs
 ``relayedevents`` remembers each (provider, message id, status) relayed to Dataverse, so provider
 retries and queue redeliveries relay it once. Every table carries ``ExpiresAt``;
 :meth:`SendLedger.purge_expired` deletes what has passed it.
+
+Claims, outcomes and message records are written through :mod:`storage.group_commit`: under load,
+the writes of one partition share entity group transactions, each writer keeping its own answer.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from contracts.base import StrEnum
 from core.settings import StorageLocation
 from storage.clients import StorageAccess
 from storage.errors import StorageUnavailable
+from storage.group_commit import GroupCommit, Write
 
 __all__ = [
     "MessageRecord",
@@ -219,6 +223,8 @@ class SendLedger:
         self._relayed: TableClient = self._service.get_table_client(RELAYED_TABLE)
         self._parts: TableClient = self._service.get_table_client(PARTS_TABLE)
         self._tables = (self._sends, self._messages, self._relayed, self._parts)
+        self._send_writes = GroupCommit(self._sends, self._call)
+        self._message_writes = GroupCommit(self._messages, self._call)
         self._tables_ready = False
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(TABLE_REQUESTS_AT_ONCE)
@@ -258,7 +264,7 @@ class SendLedger:
     async def claim(self, draft: SendRecord) -> tuple[bool, SendRecord]:
         """Insert ``draft``; return (True, it) if this call created the row, else (False, the row)."""
         try:
-            metadata = await self._call(self._sends.create_entity, draft.to_entity())
+            metadata = await self._send_writes.write(Write("create", draft.to_entity()))
             return True, replace(draft, etag=metadata.get("etag"))
         except ResourceExistsError:
             existing = await self.get(draft.channel_definition_id, draft.request_id)
@@ -287,12 +293,16 @@ class SendLedger:
         """
         updated = replace(record, **changes)
         try:
-            metadata = await self._call(
-                self._sends.update_entity,
-                updated.to_entity(),
-                mode=UpdateMode.REPLACE,
-                etag=record.etag,
-                match_condition=MatchConditions.IfNotModified,
+            metadata = await self._send_writes.write(
+                Write(
+                    "update",
+                    updated.to_entity(),
+                    {
+                        "mode": UpdateMode.REPLACE,
+                        "etag": record.etag,
+                        "match_condition": MatchConditions.IfNotModified,
+                    },
+                )
             )
         except ResourceModifiedError:
             stored = await self.get(record.channel_definition_id, record.request_id)
@@ -324,7 +334,7 @@ class SendLedger:
                 "Segments": record.segments,
                 "ExpiresAt": record.expires_at,
             }
-            await self._call(self._messages.upsert_entity, entity, mode=UpdateMode.REPLACE)
+            await self._message_writes.write(Write("upsert", entity, {"mode": UpdateMode.REPLACE}))
 
     async def find_message(self, provider: str, message_id: str) -> MessageRecord | None:
         try:
