@@ -15,8 +15,9 @@ reference to the request is not certain (a send whose reports all carry it needs
 retries and queue redeliveries relay it once. Every table carries ``ExpiresAt``;
 :meth:`SendLedger.purge_expired` deletes what has passed it.
 
-Claims, outcomes and message records are written through :mod:`storage.group_commit`: under load,
-the writes of one partition share entity group transactions, each writer keeping its own answer.
+Claims, outcomes, message records and relay claims are written through :mod:`storage.group_commit`:
+under load, the writes of one partition share entity group transactions, each writer keeping its
+own answer.
 """
 
 from __future__ import annotations
@@ -208,6 +209,11 @@ def row_key(value: str) -> str:
     return "sha256-" + hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+def _if_unchanged(etag: str | None) -> dict[str, Any]:
+    """Options of a write that replaces a row only if nobody changed it since ``etag``."""
+    return {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified}
+
+
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
@@ -225,6 +231,7 @@ class SendLedger:
         self._tables = (self._sends, self._messages, self._relayed, self._parts)
         self._send_writes = GroupCommit(self._sends, self._call)
         self._message_writes = GroupCommit(self._messages, self._call)
+        self._relayed_writes = GroupCommit(self._relayed, self._call)
         self._tables_ready = False
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(TABLE_REQUESTS_AT_ONCE)
@@ -294,15 +301,7 @@ class SendLedger:
         updated = replace(record, **changes)
         try:
             metadata = await self._send_writes.write(
-                Write(
-                    "update",
-                    updated.to_entity(),
-                    {
-                        "mode": UpdateMode.REPLACE,
-                        "etag": record.etag,
-                        "match_condition": MatchConditions.IfNotModified,
-                    },
-                )
+                Write("update", updated.to_entity(), _if_unchanged(record.etag))
             )
         except ResourceModifiedError:
             stored = await self.get(record.channel_definition_id, record.request_id)
@@ -424,7 +423,7 @@ class SendLedger:
             "Owner": owner,
         }
         try:
-            metadata = await self._call(self._relayed.create_entity, entity)
+            metadata = await self._relayed_writes.write(Write("create", entity))
             return RelayClaim(RelayClaimState.CLAIMED, metadata.get("etag"), owner)
         except ResourceExistsError:
             unanswered = None
@@ -445,12 +444,8 @@ class SendLedger:
         if _utc(existing["LeaseUntil"]) > self.now:
             return RelayClaim(RelayClaimState.BUSY)
         try:  # the claimant died mid-relay: take its claim over
-            metadata = await self._call(
-                self._relayed.update_entity,
-                entity,
-                mode=UpdateMode.REPLACE,
-                etag=existing.metadata.get("etag"),
-                match_condition=MatchConditions.IfNotModified,
+            metadata = await self._relayed_writes.write(
+                Write("update", entity, _if_unchanged(existing.metadata.get("etag")))
             )
         except ResourceModifiedError:
             return RelayClaim(RelayClaimState.BUSY)
@@ -468,13 +463,7 @@ class SendLedger:
         }
         for attempt in range(MARK_ATTEMPTS):
             try:
-                await self._call(
-                    self._relayed.update_entity,
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=claim.etag,
-                    match_condition=MatchConditions.IfNotModified,
-                )
+                await self._relayed_writes.write(Write("update", entity, _if_unchanged(claim.etag)))
                 return
             except (ResourceModifiedError, ResourceNotFoundError):
                 if await self._relayed_by(provider, event_key, claim.owner):
