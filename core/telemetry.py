@@ -84,6 +84,7 @@ APP_LOGGERS = (
     "sms.relay",
     "sms.retention",
     "sms.simulator",
+    "sms.storage",
     "sms.webhooks",
 )
 

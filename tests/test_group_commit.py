@@ -85,7 +85,7 @@ async def test_writes_arriving_while_one_is_on_the_wire_share_one_transaction(ta
     ]
     calls.release.set()
     created = [await first, *await asyncio.gather(*later)]
-    assert calls.made == ["create_entity", "submit_transaction"]
+    assert calls.made == ["create_entity", "submit"]
     assert (commit.transactions, commit.grouped_writes) == (1, 7)
     updates = [
         Write(
@@ -110,7 +110,7 @@ async def test_a_conflict_fails_only_its_own_writer(table: TableClient) -> None:
     )
     assert [type(outcome).__name__ for outcome in outcomes] == ["dict", "dict", "ResourceExistsError", "dict"]
     assert sorted([e["RowKey"] async for e in table.list_entities()]) == ["first", "taken", "x", "y"]
-    assert calls.made.count("submit_transaction") == 1  # refused as a whole, then each alone
+    assert calls.made.count("submit") == 1  # refused as a whole, then each alone
 
 
 async def test_two_writes_of_one_row_never_share_a_transaction(table: TableClient) -> None:
@@ -130,7 +130,10 @@ async def test_two_writes_of_one_row_never_share_a_transaction(table: TableClien
 async def test_a_group_holds_at_most_the_services_limit(table: TableClient) -> None:
     commit = GroupCommit(table, _Calls())
     count = MAX_OPERATIONS + 12
-    await asyncio.gather(*(commit.write(Write("upsert", row("p", f"r{i:04d}"))) for i in range(count)))
+    replace_row = {"mode": UpdateMode.REPLACE}
+    await asyncio.gather(
+        *(commit.write(Write("upsert", row("p", f"r{i:04d}"), replace_row)) for i in range(count))
+    )
     assert (commit.transactions, commit.grouped_writes) == (2, count)
     assert len([e async for e in table.list_entities()]) == count
 
@@ -183,7 +186,7 @@ class _LedgerLosingTransactionAnswers(SendLedger):
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         result = await super()._call(fn, *args, **kwargs)
-        if getattr(fn, "__name__", "") == "submit_transaction":
+        if getattr(fn, "__name__", "") == "submit":
             self.lost += 1
             raise StorageUnavailable("table storage: ServiceResponseTimeoutError")
         return result

@@ -10,6 +10,7 @@ when IDENTITY_ENDPOINT and IDENTITY_HEADER are set. Only 127.0.0.1 is ever conta
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -19,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -159,6 +160,11 @@ async def test_ledger_and_relay_queue_use_the_managed_identity(
         assert claimed
         stored = await ledger.get(draft.channel_definition_id, draft.request_id)
         assert stored is not None and stored.request_id == draft.request_id and stored.etag == record.etag
+        # concurrent claims share a transaction, which goes out with the identity's token too
+        definition = uuid.uuid4()
+        drafts = [replace(send_record("simulator"), channel_definition_id=definition) for _ in range(4)]
+        claims = await asyncio.gather(*(ledger.claim(each) for each in drafts))
+        assert all(created for created, _ in claims) and ledger._send_writes.transactions == 1
 
         job = NotificationJob(
             provider="simulator",
