@@ -13,8 +13,10 @@ would. A transaction that timed out but was applied makes those writes conflict 
 the ledger already recognises its own writes by their owner token (the SDK retries single writes
 the same way).
 
-One write or transaction per partition is on the wire at a time: allowing two was measured no
-faster (bench.outbound_rps) and makes the groups smaller. Transactions are written by
+One write or transaction per partition is on the wire at a time (allowing two was measured no
+faster in bench.outbound_rps, and makes the groups smaller); the lone writes of a refused
+transaction go beside the next groups, so a brownout's timeouts do not queue up behind each other.
+A write whose caller was cancelled before it went out is never made. Transactions are written by
 :mod:`storage.table_transaction`; lone writes and the fallback use the SDK's own calls.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -69,9 +72,13 @@ class GroupCommit:
         self._call = call
         self._waiting: dict[str, list[_Waiting]] = {}
         self._committers: dict[str, asyncio.Task[None]] = {}
-        #: Transactions committed, and the writes they carried (for tests and benchmarks).
+        #: Writes of refused transactions being made alone, beside the partition's next groups.
+        self._fallbacks: set[asyncio.Task[None]] = set()
+        #: Transactions committed, the writes they carried, and transactions refused (for tests and
+        #: benchmarks).
         self.transactions = 0
         self.grouped_writes = 0
+        self.refused = 0
 
     async def write(self, write: Write) -> Mapping[str, Any]:
         """Make ``write``; return its response metadata or raise what a lone write would."""
@@ -79,7 +86,9 @@ class GroupCommit:
         waiting = _Waiting(write, asyncio.get_running_loop().create_future())
         self._waiting.setdefault(partition, []).append(waiting)
         if partition not in self._committers:
-            self._committers[partition] = asyncio.create_task(self._commit_all(partition))
+            committer = asyncio.create_task(self._commit_all(partition))
+            committer.add_done_callback(functools.partial(self._stopped, partition))
+            self._committers[partition] = committer
         try:
             return await waiting.answer
         except asyncio.CancelledError:
@@ -93,12 +102,24 @@ class GroupCommit:
         try:
             while group := self._take(partition):
                 await self._commit(group)
+        except Exception:
+            log.exception("group commit of table %s stopped", self._table.table_name)
         finally:
-            del self._committers[partition]
-            # left only when this task was cancelled (the loop is closing): a write on the wire
-            # may have landed, which is what StorageUnavailable says
+            if self._committers.get(partition) is asyncio.current_task():
+                del self._committers[partition]
+            # left only when this task failed or was cancelled (the loop is closing): a write on
+            # the wire may have landed, which is what StorageUnavailable says
             for left in group + self._waiting.pop(partition, []):
                 _answer(left, error=StorageUnavailable("table storage: writer stopped"))
+
+    def _stopped(self, partition: str, committer: asyncio.Task[None]) -> None:
+        """A committer cancelled before it ever ran (the loop is closing) never cleaned up: its
+        partition's writes would wait for it for ever."""
+        if self._committers.get(partition) is not committer:
+            return  # it finished and cleaned up
+        del self._committers[partition]
+        for left in self._waiting.pop(partition, []):
+            _answer(left, error=StorageUnavailable("table storage: writer stopped"))
 
     def _take(self, partition: str) -> list[_Waiting]:
         """The next group: in arrival order, at most MAX_OPERATIONS, one operation per row."""
@@ -108,6 +129,9 @@ class GroupCommit:
         for item in list(waiting):
             if len(group) == MAX_OPERATIONS:
                 break
+            if item.answer.done():  # its caller is gone: never written
+                waiting.remove(item)
+                continue
             if item.write.row in rows:
                 continue  # a second write of the row goes in the next group
             rows.add(item.write.row)
@@ -125,17 +149,32 @@ class GroupCommit:
         try:
             results = await self._call(table_transaction.submit, self._table, operations)
         except Exception as exc:
-            if not isinstance(exc, StorageUnavailable):  # a bug here must not cost the writes
-                log.exception("transaction of %d writes not made; writing them one by one", len(group))
-            # nothing of it was applied (or, timed out, perhaps all): each write tells its own outcome
-            await asyncio.gather(*(self._alone(w) for w in group))
+            self.refused += 1
+            if isinstance(exc, StorageUnavailable):  # a conflict, a timeout, a refusal
+                log.info("transaction of %d writes not applied (%s: %s)", len(group), exc, exc.__cause__)
+            else:  # a bug here must not cost the writes
+                log.exception("transaction of %d writes not made", len(group))
+            # nothing of it was applied (or, timed out, perhaps all): each write tells its own
+            # outcome, made alone while the partition's next groups go on
+            fallback = asyncio.create_task(self._each_alone(group))
+            self._fallbacks.add(fallback)
+            fallback.add_done_callback(self._fallbacks.discard)
             return
         self.transactions += 1
         self.grouped_writes += len(group)
         for waiting, result in zip(group, results, strict=True):
             _answer(waiting, result=result)
 
+    async def _each_alone(self, group: list[_Waiting]) -> None:
+        try:
+            await asyncio.gather(*(self._alone(w) for w in group))
+        finally:  # cancelled (the loop is closing): a write on the wire may have landed
+            for left in group:
+                _answer(left, error=StorageUnavailable("table storage: writer stopped"))
+
     async def _alone(self, waiting: _Waiting) -> None:
+        if waiting.answer.done():  # its caller is gone: never written
+            return
         write = waiting.write
         method = getattr(self._table, f"{write.kind}_entity")
         try:

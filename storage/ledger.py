@@ -448,8 +448,19 @@ class SendLedger:
                 Write("update", entity, _if_unchanged(existing.metadata.get("etag")))
             )
         except ResourceModifiedError:
-            return RelayClaim(RelayClaimState.BUSY)
+            return await self._taken_over_by(provider, event_key, owner)
         return RelayClaim(RelayClaimState.CLAIMED, metadata.get("etag"), owner)
+
+    async def _taken_over_by(self, provider: str, event_key: str, owner: str) -> RelayClaim:
+        """After a takeover met a changed row: ours if the change was our own write, landed before
+        its answer was lost (a retried write, or a transaction redone write by write)."""
+        try:
+            row = await self._call(self._relayed.get_entity, provider, row_key(event_key))
+        except ResourceNotFoundError:
+            return RelayClaim(RelayClaimState.BUSY)
+        if row.get("State") == "Relaying" and row.get("Owner") == owner:
+            return RelayClaim(RelayClaimState.CLAIMED, row.metadata.get("etag"), owner)
+        return RelayClaim(RelayClaimState.BUSY)
 
     async def _mark_relayed(self, provider: str, event_key: str, claim: RelayClaim, lease: float) -> None:
         """Dataverse has the event: record that, but never raise now (a retry would relay it again)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -24,23 +24,33 @@ from tests.doubles import send_record
 from tests.fakes.azurite import Azurite
 
 
+@dataclass
+class _Gate:
+    """Holds one storage request on the wire: ``entered`` once it is, until ``release``."""
+
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class _Calls:
     """The ledger's ``call``: one storage request, errors mapped as the ledger maps them."""
 
     def __init__(self) -> None:
         self.made: list[str] = []
-        #: While set, requests wait for ``release`` (a request held on the wire).
-        self.held: asyncio.Event | None = None
-        self.release = asyncio.Event()
+        self._gates: list[_Gate] = []
 
-    def hold(self) -> None:
-        self.held = asyncio.Event()
+    def hold_next(self) -> _Gate:
+        """Hold the next request not yet held on the wire."""
+        gate = _Gate()
+        self._gates.append(gate)
+        return gate
 
     async def __call__(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         self.made.append(fn.__name__)
-        if self.held is not None:
-            self.held.set()
-            await self.release.wait()
+        if self._gates:
+            gate = self._gates.pop(0)
+            gate.entered.set()
+            await gate.release.wait()
         try:
             return await fn(*args, **kwargs)
         except (ResourceExistsError, ResourceModifiedError):
@@ -76,14 +86,13 @@ async def test_a_lone_write_goes_out_at_once_as_itself(table: TableClient) -> No
 async def test_writes_arriving_while_one_is_on_the_wire_share_one_transaction(table: TableClient) -> None:
     calls = _Calls()
     commit = GroupCommit(table, calls)
-    calls.hold()
+    gate = calls.hold_next()
     first = asyncio.ensure_future(commit.write(Write("create", row("p", "r0", N=0))))
-    assert calls.held is not None
-    await calls.held.wait()
+    await gate.entered.wait()
     later = [
         asyncio.ensure_future(commit.write(Write("create", row("p", f"r{i}", N=i)))) for i in range(1, 8)
     ]
-    calls.release.set()
+    gate.release.set()
     created = [await first, *await asyncio.gather(*later)]
     assert calls.made == ["create_entity", "submit"]
     assert (commit.transactions, commit.grouped_writes) == (1, 7)
@@ -148,19 +157,59 @@ async def test_partitions_are_committed_apart(table: TableClient) -> None:
 async def test_a_writer_cancelled_before_its_group_went_out_writes_nothing(table: TableClient) -> None:
     calls = _Calls()
     commit = GroupCommit(table, calls)
-    calls.hold()
+    gate = calls.hold_next()
     first = asyncio.ensure_future(commit.write(Write("create", row("p", "first"))))
-    assert calls.held is not None
-    await calls.held.wait()
+    await gate.entered.wait()
     withdrawn = asyncio.ensure_future(commit.write(Write("create", row("p", "withdrawn"))))
     await asyncio.sleep(0)  # it waits for the first to come back
     withdrawn.cancel()
-    calls.release.set()
+    gate.release.set()
     await first
     with pytest.raises(asyncio.CancelledError):
         await withdrawn
     assert [e["RowKey"] async for e in table.list_entities()] == ["first"]
     assert calls.made == ["create_entity"]
+
+
+async def test_a_writer_cancelled_while_its_transaction_was_out_is_not_written_alone(
+    table: TableClient,
+) -> None:
+    """The transaction is refused (one conflict); its writes are then made alone, but not the one
+    whose caller has gone: that caller was told nothing was done."""
+    await table.create_entity(row("p", "taken"))
+    calls = _Calls()
+    commit = GroupCommit(table, calls)
+    first_gate, transaction_gate = calls.hold_next(), calls.hold_next()
+    first = asyncio.ensure_future(commit.write(Write("create", row("p", "first"))))
+    await first_gate.entered.wait()
+    group = [
+        asyncio.ensure_future(commit.write(Write("create", row("p", key))))
+        for key in ("taken", "gone", "kept")
+    ]
+    first_gate.release.set()
+    await transaction_gate.entered.wait()  # the three are on the wire together
+    group[1].cancel()
+    transaction_gate.release.set()
+    outcomes = await asyncio.gather(first, *group, return_exceptions=True)
+    assert [type(outcome).__name__ for outcome in outcomes] == [
+        "dict",
+        "ResourceExistsError",
+        "CancelledError",
+        "dict",
+    ]
+    assert sorted([e["RowKey"] async for e in table.list_entities()]) == ["first", "kept", "taken"]
+    assert commit.refused == 1
+
+
+async def test_a_committer_cancelled_before_it_ran_does_not_block_its_partition(table: TableClient) -> None:
+    commit = GroupCommit(table, _Calls())
+    orphan = asyncio.ensure_future(commit.write(Write("create", row("p", "orphan"))))
+    await asyncio.sleep(0)  # the write is queued and its committer scheduled, not yet run
+    commit._committers["p"].cancel()
+    with pytest.raises(StorageUnavailable):  # told, not left waiting for ever
+        await orphan
+    await commit.write(Write("create", row("p", "next")))  # a new committer
+    assert [e["RowKey"] async for e in table.list_entities()] == ["next"]
 
 
 async def test_unreachable_storage_fails_every_writer_with_storage_unavailable() -> None:

@@ -6,8 +6,9 @@ import asyncio
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from contracts import ChannelStatus
 from dataverse.client import DataverseClient
 from dataverse.dry_run import DryRunDataverse
 from storage.errors import StorageUnavailable
-from storage.ledger import TABLE_REQUESTS_AT_ONCE, RelayClaimState, SendLedger, SendRecord, SendState
+from storage.group_commit import Write
+from storage.ledger import TABLE_REQUESTS_AT_ONCE, RelayClaimState, SendLedger, SendRecord, SendState, row_key
 from storage.relay_queue import InboundJob, NotificationJob, RelayQueue
 from storage.replay_poison import replay
 from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues
@@ -133,6 +135,33 @@ async def test_echoed_reference_correlates_an_ambiguous_send(
         send.request_id,
         OUR_NUMBER,
     )
+
+
+async def test_a_takeover_whose_answer_was_lost_is_still_this_workers(
+    ledger: SendLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claimant died; our takeover landed but its answer was lost, and redone it meets our own
+    change (412). Taken for another worker's, the event would wait out another lease."""
+    key = f"twilio|SM{uuid.uuid4().hex}|Delivered"
+    async with ledger.relay_claim("twilio", key, lease_seconds=60) as first:
+        assert first.state is RelayClaimState.CLAIMED  # the tables exist; now the dead claimant's row:
+    past = datetime.now(timezone.utc) - timedelta(minutes=1)
+    dead = {"PartitionKey": "twilio", "RowKey": row_key(key), "State": "Relaying", "LeaseUntil": past}
+    await ledger._relayed.create_entity({**dead, "ExpiresAt": past + timedelta(days=1), "Owner": "dead"})
+    write = ledger._relayed_writes.write
+
+    async def landed_then_redone(change: Write) -> Mapping[str, Any]:
+        if change.kind == "update":
+            await write(change)  # applied; its answer never came back
+        return await write(change)
+
+    monkeypatch.setattr(ledger._relayed_writes, "write", landed_then_redone)
+    async with ledger.relay_claim("twilio", key, lease_seconds=60) as takeover:
+        assert takeover.state is RelayClaimState.CLAIMED
+        takeover.relayed()
+    monkeypatch.undo()
+    async with ledger.relay_claim("twilio", key, lease_seconds=60) as later:
+        assert later.state is RelayClaimState.DONE
 
 
 async def test_a_send_whose_reports_name_it_is_found_by_its_row(
