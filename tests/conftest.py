@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceExistsError
+from azure.data.tables.aio import TableClient
 from azure.storage.queue import QueueClient
 from pydantic import AliasChoices, SecretStr
 from pydantic_settings import BaseSettings
@@ -21,6 +22,7 @@ from pydantic_settings import BaseSettings
 from dataverse.auth import MsalTokenProvider
 from dataverse.client import DataverseClient
 from dataverse.settings import DataverseSettings, IdentitySettings
+from storage.clients import StorageAccess
 from storage.ledger import SendLedger
 from storage.relay_queue import POISON_QUEUE, RELAY_QUEUE, RelayJob, RelayQueue, decode_job
 from tests.fakes.azurite import Azurite, start_azurite
@@ -111,6 +113,20 @@ async def ledger(azurite: Azurite) -> AsyncIterator[SendLedger]:
     store = SendLedger(azurite.connection_string, retention=timedelta(days=30))
     yield store
     await store.aclose()
+
+
+@pytest.fixture
+async def table(azurite: Azurite) -> AsyncIterator[TableClient]:
+    """A table of its own on the session's Azurite, through the app's storage clients (no retries)."""
+    access = StorageAccess(azurite.connection_string)
+    service = access.table_service(connection_timeout=3, read_timeout=5, retry_total=0)
+    client = service.get_table_client("scratch" + uuid.uuid4().hex[:8])
+    await client.create_table()
+    yield client
+    await client.delete_table()
+    await client.close()
+    await service.close()
+    await access.aclose()
 
 
 @pytest.fixture

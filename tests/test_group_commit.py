@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -57,19 +56,6 @@ class _Calls:
             raise
         except AzureError as exc:
             raise StorageUnavailable(f"table storage: {type(exc).__name__}") from exc
-
-
-@pytest.fixture
-async def table(azurite: Azurite) -> AsyncIterator[TableClient]:
-    access = StorageAccess(azurite.connection_string)
-    service = access.table_service(connection_timeout=3, read_timeout=5, retry_total=0)
-    client = service.get_table_client("groupcommit" + uuid.uuid4().hex[:8])
-    await client.create_table()
-    yield client
-    await client.delete_table()
-    await client.close()
-    await service.close()
-    await access.aclose()
 
 
 def row(partition: str, key: str, **values: object) -> dict[str, object]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -13,27 +11,12 @@ from azure.core import MatchConditions
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
-from storage.clients import StorageAccess
 from storage.errors import StorageUnavailable
 from storage.group_commit import GroupCommit, Write
 from storage.ledger import SendLedger
 from storage.table_transaction import TransactionNotApplied, submit
-from tests.fakes.azurite import Azurite
 
 REPLACE = {"mode": UpdateMode.REPLACE}
-
-
-@pytest.fixture
-async def table(azurite: Azurite) -> AsyncIterator[TableClient]:
-    access = StorageAccess(azurite.connection_string)
-    service = access.table_service(connection_timeout=3, read_timeout=5, retry_total=0)
-    client = service.get_table_client("transactions" + uuid.uuid4().hex[:8])
-    await client.create_table()
-    yield client
-    await client.delete_table()
-    await client.close()
-    await service.close()
-    await access.aclose()
 
 
 def if_unchanged(etag: str) -> dict[str, Any]:
