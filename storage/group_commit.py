@@ -74,8 +74,7 @@ class GroupCommit:
         self._committers: dict[str, asyncio.Task[None]] = {}
         #: Writes of refused transactions being made alone, beside the partition's next groups.
         self._fallbacks: set[asyncio.Task[None]] = set()
-        #: Transactions committed, the writes they carried, and transactions refused (for tests and
-        #: benchmarks).
+        #: Transactions committed, the writes they carried, and transactions refused (for tests).
         self.transactions = 0
         self.grouped_writes = 0
         self.refused = 0

@@ -196,6 +196,20 @@ class MessageRecord:
     #: How many separately reported parts the message was sent as (1 for most providers).
     parts: int = 1
 
+    @classmethod
+    def of_send(cls, send: SendRecord, message_id: str) -> MessageRecord:
+        """What a send's own row says of its message (``message_id`` when it never learnt one)."""
+        return cls(
+            provider=send.provider,
+            message_id=send.message_id or message_id,
+            channel_definition_id=send.channel_definition_id,
+            request_id=send.request_id,
+            sender=send.sender,
+            segments=send.segments,
+            expires_at=send.expires_at,
+            parts=send.parts,
+        )
+
 
 #: Table keys hold at most 1 KiB; longer encodings are replaced by a digest of the value.
 MAX_ROW_KEY_LENGTH = 512

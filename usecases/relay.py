@@ -231,16 +231,7 @@ class RelayService:
         echoed = _correlation(job.correlation)
         send = await self.ledger.get(*echoed) if echoed is not None else None
         if send is not None and send.provider == job.provider and send.message_id in (None, job.message_id):
-            return MessageRecord(
-                provider=send.provider,
-                message_id=send.message_id or job.message_id,
-                channel_definition_id=send.channel_definition_id,
-                request_id=send.request_id,
-                sender=send.sender,
-                segments=send.segments,
-                expires_at=send.expires_at,
-                parts=send.parts,
-            )
+            return MessageRecord.of_send(send, job.message_id)
         return await self.ledger.find_message(job.provider, job.message_id)
 
     async def _inbound(self, job: InboundJob) -> InboundPayload:
