@@ -43,9 +43,11 @@ SENDER, RECIPIENT, TEXT = "+14155550100", "+14155550123", "Your appointment is t
 
 
 def request() -> SendRequest:
+    request_id, definition = str(uuid.uuid4()), uuid.uuid4()
     return SendRequest(
-        request_id=str(uuid.uuid4()),
-        channel_definition_id=uuid.uuid4(),
+        request_id=request_id,
+        channel_definition_id=definition,
+        reference=f"{definition}/{request_id}",
         sender=SENDER,
         recipient=RECIPIENT,
         text=TEXT,

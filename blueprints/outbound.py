@@ -87,6 +87,7 @@ def render(payload: OutboundPayload, outcome: SendOutcome, *, enveloped: bool) -
         message_id=outcome.message_id,
         request_id=payload.request_id,
         status=outcome.status,
+        details=outcome.details,
     )
     if enveloped:
         return json_response({"response": answer.to_wire_json()})

@@ -237,7 +237,7 @@ class AcsAdapter:
             # echoed in the delivery report, so it can be matched even if our send answer was lost
             "smsSendOptions": {
                 "enableDeliveryReport": True,
-                "tag": f"{request.channel_definition_id}/{request.request_id}",
+                "tag": request.reference,
             },
         }
         try:

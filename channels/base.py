@@ -38,6 +38,9 @@ class SendRequest:
 
     request_id: str
     channel_definition_id: UUID
+    #: Names the send in the provider's reports, where the provider echoes a value we give it:
+    #: ``<ChannelDefinitionId>/<RequestId>`` or ``<ChannelDefinitionId>:<IdempotencyId>``.
+    reference: str
     sender: str
     recipient: str
     text: str
@@ -58,7 +61,7 @@ class SendReceipt:
     part_message_ids: tuple[str, ...] = ()
     #: Parts the provider refused while accepting others: the text arrives incomplete.
     refused_parts: int = 0
-    #: Every delivery report of this message will carry ``<ChannelDefinitionId>/<RequestId>``, by
+    #: Every delivery report of this message will carry the request's ``reference``, by
     #: construction (Twilio reports to the per-message StatusCallback URL that holds it), not merely
     #: because a provider documents echoing a field: reports then find the send's own row, and the
     #: message-id record is not written.

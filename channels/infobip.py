@@ -122,7 +122,7 @@ class InfobipAdapter:
             "destinations": [{"to": request.recipient.lstrip("+")}],
             "text": request.text,
             # echoed in the delivery report, so it can be matched even if our send answer was lost
-            "callbackData": f"{request.channel_definition_id}/{request.request_id}",
+            "callbackData": request.reference,
         }
         if self.delivery_report_url:
             message.update(notifyUrl=self.delivery_report_url, notifyContentType="application/json")

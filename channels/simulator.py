@@ -159,10 +159,7 @@ class SimulatorAdapter:
             raise TransientSendError("simulator: temporarily unavailable", retry_after=s.retry_after_seconds)
         if recipient.endswith(s.ambiguous_suffixes):
             raise AmbiguousSendError("simulator: no answer after the request was sent")
-        message_id = (
-            "SM"
-            + uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{request.channel_definition_id}/{request.request_id}").hex
-        )
+        message_id = "SM" + uuid.uuid5(MESSAGE_ID_NAMESPACE, request.reference).hex
         if self._closes_the_loop():
             task = asyncio.create_task(self._report_later(request, message_id))
             self._pending.add(task)
@@ -197,7 +194,7 @@ class SimulatorAdapter:
                 "MessageId": message_id,
                 "Status": status,
                 "From": request.sender,
-                "Correlation": f"{request.channel_definition_id}/{request.request_id}",
+                "Correlation": request.reference,
             },
         )
         if self.settings.reply_text:

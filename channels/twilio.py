@@ -171,7 +171,7 @@ class TwilioAdapter:
             form["From"] = request.sender
         if self.status_callback_url:
             # the reference comes back with the callback, even if our send answer was lost
-            reference = urlencode({"ref": f"{request.channel_definition_id}/{request.request_id}"})
+            reference = urlencode({"ref": request.reference})
             form["StatusCallback"] = f"{self.status_callback_url}?{reference}"
         try:
             response = await self._http.post(

@@ -6,16 +6,17 @@ and Dataverse use. Unknown input fields are ignored and never echoed back.
 
 from __future__ import annotations
 
+from contracts.details import Details
 from contracts.inbound import InboundPayload
-from contracts.notification import NotificationDetails, NotificationPayload
+from contracts.notification import NotificationPayload
 from contracts.outbound import MarketingAppContext, OutboundPayload, OutboundResponse
 from contracts.status import ChannelStatus
 
 __all__ = [
     "ChannelStatus",
+    "Details",
     "InboundPayload",
     "MarketingAppContext",
-    "NotificationDetails",
     "NotificationPayload",
     "OutboundPayload",
     "OutboundResponse",

@@ -6,14 +6,8 @@ from uuid import UUID
 from pydantic import Field
 
 from contracts.base import WireModel
+from contracts.details import Details
 from contracts.status import ChannelStatus
-
-
-class NotificationDetails(WireModel):
-    """Failure reason shown under "Delivery and interaction details" in Journeys analytics."""
-
-    reason: str
-    message: str
 
 
 class NotificationPayload(WireModel):
@@ -28,4 +22,4 @@ class NotificationPayload(WireModel):
     #: The provider's raw status and code (the field of the original contract and of Microsoft's samples).
     status_details: dict[str, Any] = Field(default_factory=dict)
     #: The documented failure reason (contract revision of 12/2025).
-    details: NotificationDetails | None = None
+    details: Details | None = None

@@ -1,8 +1,11 @@
 """Send state in Azure Table Storage: one row per (ChannelDefinitionId, RequestId), one per message.
 
-``outboundsends`` makes sends idempotent. A request claims its row by inserting it (the storage
-service lets exactly one insert win); state changes are conditional on the row's ETag, so two
-processes can never both believe they own a send.
+``outboundsends`` makes sends idempotent. A message's row is keyed on its :class:`SendKey`: the
+payload's IdempotencyId when Journeys gave one (every attempt at the message carries it), else its
+RequestId. A request claims the row by inserting it (the storage service lets exactly one insert
+win); state changes are conditional on the row's ETag, so two processes can never both believe
+they own a send. The row remembers the RequestId of the latest attempt answered with its outcome:
+delivery reports name that one.
 
     Sending ──► Sent | NotSent          final: repeats get the same answer
        │
@@ -55,6 +58,7 @@ __all__ = [
     "MessageRecord",
     "RelayClaim",
     "RelayClaimState",
+    "SendKey",
     "SendLedger",
     "SendRecord",
     "SendState",
@@ -67,6 +71,8 @@ RELAYED_TABLE = "relayedevents"
 PARTS_TABLE = "messageparts"
 #: Attempts at recording a relay as done after Dataverse accepted it.
 MARK_ATTEMPTS = 4
+#: Attempts at recording which attempt was answered last, when concurrent attempts race for it.
+ANSWER_ATTEMPTS = 3
 #: Table requests one process has in flight at most. The asyncio client has no limit of its own: 64
 #: relays and 16 sends at once would put 80 requests on the account together, and a request that
 #: outlives its 5 s read timeout but lands (a claim) holds its event for a lease.
@@ -108,9 +114,48 @@ class SendState(StrEnum):
         return self in (SendState.SENT, SendState.NOT_SENT, SendState.AMBIGUOUS)
 
 
+@dataclass(frozen=True, slots=True)
+class SendKey:
+    """What identifies one message's send: its IdempotencyId when the payload has one, else its
+    RequestId (each within its ChannelDefinitionId)."""
+
+    channel_definition_id: UUID
+    value: str
+    by_idempotency_id: bool = False
+
+    @classmethod
+    def of(cls, channel_definition_id: UUID, request_id: str, idempotency_id: str | None) -> SendKey:
+        if idempotency_id is not None:
+            return cls(channel_definition_id, idempotency_id, by_idempotency_id=True)
+        return cls(channel_definition_id, request_id)
+
+    @property
+    def row_key(self) -> str:
+        # "!" never occurs in row_key()'s output, so the two kinds of key cannot meet
+        return f"i!{row_key(self.value)}" if self.by_idempotency_id else row_key(self.value)
+
+    @property
+    def reference(self) -> str:
+        """What providers echo in their reports: ``<ChannelDefinitionId>/<RequestId>`` (the form of
+        every send before IdempotencyId) or ``<ChannelDefinitionId>:<IdempotencyId>``."""
+        return f"{self.channel_definition_id}{':' if self.by_idempotency_id else '/'}{self.value}"
+
+    @classmethod
+    def from_reference(cls, reference: str | None) -> SendKey | None:
+        """The key a report's echoed reference names; None for anything else."""
+        if not reference or len(reference) < 38 or reference[36] not in "/:":
+            return None
+        try:
+            channel_definition_id = UUID(reference[:36])
+        except ValueError:
+            return None
+        return cls(channel_definition_id, reference[37:], by_idempotency_id=reference[36] == ":")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendRecord:
     channel_definition_id: UUID
+    #: The attempt that created the row.
     request_id: str
     state: SendState
     provider: str
@@ -130,12 +175,27 @@ class SendRecord:
     #: Token of the call that last claimed the row: lets a call recognise its own write when the
     #: storage SDK retried it after a lost response (the retry then sees a conflict).
     owner: str = ""
+    #: Details.Message of a NotSent outcome, kept so that every repeat gets the same Details.
+    detail: str | None = None
+    #: The payload's IdempotencyId, when the row is keyed on it.
+    idempotency_id: str | None = None
+    #: The latest later attempt (another RequestId, same IdempotencyId) answered with this outcome.
+    answered_request_id: str | None = None
     etag: str | None = None
+
+    @property
+    def key(self) -> SendKey:
+        return SendKey.of(self.channel_definition_id, self.request_id, self.idempotency_id)
+
+    @property
+    def latest_request_id(self) -> str:
+        """The RequestId delivery reports name: the latest attempt answered with the outcome."""
+        return self.answered_request_id or self.request_id
 
     def to_entity(self) -> dict[str, Any]:
         entity: dict[str, Any] = {
             "PartitionKey": str(self.channel_definition_id),
-            "RowKey": row_key(self.request_id),
+            "RowKey": self.key.row_key,
             "RequestId": self.request_id,
             "State": self.state.value,
             "Provider": self.provider,
@@ -154,8 +214,13 @@ class SendRecord:
             entity["MessageId"] = self.message_id
         if self.parts != 1:
             entity["Parts"] = self.parts
-        if self.reason is not None:
-            entity["Reason"] = self.reason
+        optional = {
+            "Reason": self.reason,
+            "Detail": self.detail,
+            "IdempotencyId": self.idempotency_id,
+            "AnsweredRequestId": self.answered_request_id,
+        }
+        entity.update({name: value for name, value in optional.items() if value is not None})
         return entity
 
     @classmethod
@@ -178,6 +243,9 @@ class SendRecord:
             parts=int(entity.get("Parts", 1)),
             reason=entity.get("Reason"),
             owner=entity.get("Owner", ""),
+            detail=entity.get("Detail"),
+            idempotency_id=entity.get("IdempotencyId"),
+            answered_request_id=entity.get("AnsweredRequestId"),
             etag=entity.metadata.get("etag"),
         )
 
@@ -189,12 +257,20 @@ class MessageRecord:
     provider: str
     message_id: str
     channel_definition_id: UUID
+    #: The attempt reports name; for a send keyed on IdempotencyId, the one of when it was recorded
+    #: (the send's own row knows any later one).
     request_id: str
     sender: str
     segments: int
     expires_at: datetime
     #: How many separately reported parts the message was sent as (1 for most providers).
     parts: int = 1
+    #: The send's IdempotencyId, when its row is keyed on it.
+    idempotency_id: str | None = None
+
+    @property
+    def send_key(self) -> SendKey:
+        return SendKey.of(self.channel_definition_id, self.request_id, self.idempotency_id)
 
     @classmethod
     def of_send(cls, send: SendRecord, message_id: str) -> MessageRecord:
@@ -203,11 +279,12 @@ class MessageRecord:
             provider=send.provider,
             message_id=send.message_id or message_id,
             channel_definition_id=send.channel_definition_id,
-            request_id=send.request_id,
+            request_id=send.latest_request_id,
             sender=send.sender,
             segments=send.segments,
             expires_at=send.expires_at,
             parts=send.parts,
+            idempotency_id=send.idempotency_id,
         )
 
 
@@ -288,21 +365,21 @@ class SendLedger:
             metadata = await self._send_writes.write(Write("create", draft.to_entity()))
             return True, replace(draft, etag=metadata.get("etag"))
         except ResourceExistsError:
-            existing = await self.get(draft.channel_definition_id, draft.request_id)
+            existing = await self.get(draft.key)
             if existing is None:  # purged between the two calls: try once more
                 return await self.claim(draft)
             return existing.owner == draft.owner, existing
         except StorageUnavailable:
             # A timed-out insert may still have landed. Unrecognised, its row would make the repeat
             # wait out the lease and then, nothing having been sent, answer Sent: look now.
-            landed = await self.get(draft.channel_definition_id, draft.request_id)
+            landed = await self.get(draft.key)
             if landed is None or landed.owner != draft.owner:
                 raise
             return True, landed
 
-    async def get(self, channel_definition_id: UUID, request_id: str) -> SendRecord | None:
+    async def get(self, key: SendKey) -> SendRecord | None:
         try:
-            entity = await self._call(self._sends.get_entity, str(channel_definition_id), row_key(request_id))
+            entity = await self._call(self._sends.get_entity, str(key.channel_definition_id), key.row_key)
         except ResourceNotFoundError:
             return None
         return SendRecord.from_entity(entity)
@@ -318,11 +395,30 @@ class SendLedger:
                 Write("update", updated.to_entity(), _if_unchanged(record.etag))
             )
         except ResourceModifiedError:
-            stored = await self.get(record.channel_definition_id, record.request_id)
+            stored = await self.get(record.key)
             if stored is not None and stored.owner == updated.owner and stored.state is updated.state:
                 return stored  # our own write, retried by the SDK after its answer was lost
             return None
         return replace(updated, etag=metadata.get("etag"))
+
+    async def record_answer(self, record: SendRecord, request_id: str) -> SendRecord:
+        """Remember ``request_id`` as the latest attempt answered with ``record``'s final outcome
+        (a retry of the message with another RequestId): its delivery reports name that attempt."""
+        for _ in range(ANSWER_ATTEMPTS):
+            if record.latest_request_id == request_id:
+                return record
+            answered = replace(record, answered_request_id=request_id)
+            try:
+                metadata = await self._send_writes.write(
+                    Write("update", answered.to_entity(), _if_unchanged(record.etag))
+                )
+                return replace(answered, etag=metadata.get("etag"))
+            except ResourceModifiedError:  # another attempt answered meanwhile: ours is the later
+                latest = await self.get(record.key)
+                if latest is None:
+                    return record
+                record = latest
+        return record
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -342,11 +438,13 @@ class SendLedger:
                 "PartId": part_id,
                 "Parts": max(len(part_ids) + refused_parts, 1),
                 "ChannelDefinitionId": str(record.channel_definition_id),
-                "RequestId": record.request_id,
+                "RequestId": record.latest_request_id,
                 "From": record.sender,
                 "Segments": record.segments,
                 "ExpiresAt": record.expires_at,
             }
+            if record.idempotency_id is not None:
+                entity["IdempotencyId"] = record.idempotency_id
             await self._message_writes.write(Write("upsert", entity, {"mode": UpdateMode.REPLACE}))
 
     async def find_message(self, provider: str, message_id: str) -> MessageRecord | None:
@@ -363,6 +461,7 @@ class SendLedger:
             segments=int(entity.get("Segments", 0)),
             expires_at=_utc(entity["ExpiresAt"]),
             parts=int(entity.get("Parts", 1)),
+            idempotency_id=entity.get("IdempotencyId"),
         )
 
     # -- message parts: per-part delivery outcomes, concatenated inbound texts -------------------

@@ -50,9 +50,11 @@ REJECTED, THROTTLED = "+14155550211", "+14155550429"
 
 
 def send_request(recipient: str = CUSTOMER) -> SendRequest:
+    request_id, definition = f"req-{uuid.uuid4().hex[:8]}", uuid.uuid4()
     return SendRequest(
-        request_id=f"req-{uuid.uuid4().hex[:8]}",
-        channel_definition_id=uuid.uuid4(),
+        request_id=request_id,
+        channel_definition_id=definition,
+        reference=f"{definition}/{request_id}",
         sender=OUR_NUMBER,
         recipient=recipient,
         text="Conformance check",

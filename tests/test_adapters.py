@@ -26,9 +26,11 @@ ACCOUNT_SID = "AC" + "1" * 32
 
 
 def send_request(recipient: str = CUSTOMER, text: str = "Hello from the journey") -> SendRequest:
+    request_id, definition = "req-42", uuid.uuid4()
     return SendRequest(
-        request_id="req-42",
-        channel_definition_id=uuid.uuid4(),
+        request_id=request_id,
+        channel_definition_id=definition,
+        reference=f"{definition}/{request_id}",
         sender=OUR_NUMBER,
         recipient=recipient,
         text=text,

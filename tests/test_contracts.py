@@ -8,8 +8,8 @@ from pydantic import ValidationError
 
 from contracts import (
     ChannelStatus,
+    Details,
     InboundPayload,
-    NotificationDetails,
     NotificationPayload,
     OutboundPayload,
     OutboundResponse,
@@ -77,13 +77,57 @@ def test_outbound_response_serializes_lowercase_guid_and_omits_missing_message_i
         "Status": "Sent",
     }
     not_sent = OutboundResponse(
-        channel_definition_id=uuid.UUID(GUID), request_id="r-2", status=ChannelStatus.NOT_SENT
+        channel_definition_id=uuid.UUID(GUID),
+        request_id="r-2",
+        status=ChannelStatus.NOT_SENT,
+        details=Details(reason="EmptyMessage", message="The message has no text."),
     )
     assert json.loads(not_sent.to_wire_json()) == {
         "ChannelDefinitionId": GUID.lower(),
         "RequestId": "r-2",
         "Status": "NotSent",
+        "Details": {"Reason": "EmptyMessage", "Message": "The message has no text."},
     }
+
+
+def test_outbound_response_carries_details_exactly_when_not_sent() -> None:
+    details = Details(reason="EmptyMessage", message="The message has no text.")
+    with pytest.raises(ValidationError, match="NotSent answer carries Details"):
+        OutboundResponse(channel_definition_id=uuid.UUID(GUID), request_id="r", status=ChannelStatus.NOT_SENT)
+    with pytest.raises(ValidationError, match="only a NotSent answer"):
+        OutboundResponse(
+            channel_definition_id=uuid.UUID(GUID), request_id="r", status=ChannelStatus.SENT, details=details
+        )
+
+
+@pytest.mark.parametrize(
+    "value, expected", [("7c9e-attempt-set", "7c9e-attempt-set"), ("", None), ("  ", None), (None, None)]
+)
+def test_idempotency_id_is_read_and_blank_counts_as_absent(value: object, expected: str | None) -> None:
+    document = {
+        "ChannelDefinitionId": GUID,
+        "RequestId": "r-1",
+        "IdempotencyId": value,
+        "From": "a",
+        "To": "b",
+        "Message": {"text": "x"},
+    }
+    assert OutboundPayload.model_validate(document).idempotency_id == expected
+
+
+@pytest.mark.parametrize("value", [42, ["a"], {"id": "a"}, True, "x" * 257])
+def test_idempotency_id_of_another_type_or_too_long_names_the_field(value: object) -> None:
+    document = {
+        "ChannelDefinitionId": GUID,
+        "RequestId": "r-1",
+        "IdempotencyId": value,
+        "From": "a",
+        "To": "b",
+        "Message": {"text": "x"},
+    }
+    with pytest.raises(ValidationError) as caught:
+        OutboundPayload.model_validate(document)
+    assert [".".join(map(str, e["loc"])) for e in caught.value.errors()] == ["IdempotencyId"]
 
 
 def test_notification_payload_carries_status_details_and_details() -> None:
@@ -95,7 +139,7 @@ def test_notification_payload_carries_status_details_and_details() -> None:
         organization_id="org",
         status=ChannelStatus.NOT_DELIVERED,
         status_details={"ProviderStatus": "undelivered", "ErrorCode": "30003"},
-        details=NotificationDetails(reason="Unreachable", message="handset off"),
+        details=Details(reason="Unreachable", message="handset off"),
     )
     assert notification.to_wire() == {
         "ChannelDefinitionId": GUID.lower(),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from contracts import ChannelStatus, InboundPayload, NotificationDetails, NotificationPayload
+from contracts import ChannelStatus, Details, InboundPayload, NotificationPayload
 from core.settings import ConfigurationError, load
 from dataverse.auth import MsalTokenProvider
 from dataverse.client import DataverseClient, DataversePermanentError, DataverseTransientError
@@ -34,7 +34,7 @@ def notification(
         organization_id="org",
         status=status,
         status_details={"ProviderStatus": "delivered"},
-        details=NotificationDetails(reason="Unreachable", message="handset off")
+        details=Details(reason="Unreachable", message="handset off")
         if status is ChannelStatus.NOT_DELIVERED
         else None,
     )

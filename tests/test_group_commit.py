@@ -18,7 +18,7 @@ from azure.data.tables.aio import TableClient
 from storage.clients import StorageAccess
 from storage.errors import StorageUnavailable
 from storage.group_commit import MAX_OPERATIONS, GroupCommit, Write
-from storage.ledger import SendLedger, SendState
+from storage.ledger import SendKey, SendLedger, SendState
 from tests.doubles import send_record
 from tests.fakes.azurite import Azurite
 
@@ -247,7 +247,7 @@ async def test_claims_and_outcomes_of_a_transaction_whose_answer_was_lost_are_st
             for i, (_, record) in enumerate(claims)
         )
     )
-    stored = [await ledger.get(definition, draft.request_id) for draft in drafts]
+    stored = [await ledger.get(SendKey(definition, draft.request_id)) for draft in drafts]
     await ledger.aclose()
     assert ledger.lost == 2  # the claims' transaction and the outcomes'
     assert all(created for created, _ in claims)

@@ -11,8 +11,9 @@ import azure.functions as func
 import pytest
 
 from channels.base import SendReceipt
-from channels.errors import AmbiguousSendError, TransientSendError
+from channels.errors import NOT_SENT_MESSAGES, AmbiguousSendError, NotSentReason, TransientSendError
 from core.settings import AppSettings
+from storage.ledger import SendKey
 from tests.conftest import payload_json
 from tests.doubles import ScriptedAdapter, app_function
 from tests.fakes.azurite import Azurite
@@ -160,10 +161,19 @@ async def test_oversized_body_is_refused(
 
 
 @pytest.mark.parametrize(
-    "change", [{"To": "12"}, {"Message": {"text": ""}}, {"Message": {"text": "x" * 400}}]
+    "change, reason",
+    [
+        ({"To": "12"}, "InvalidRecipient"),
+        ({"Message": {"text": ""}}, "EmptyMessage"),
+        ({"Message": {"text": "x" * 400}}, "TooManySegments"),
+    ],
 )
-async def test_business_rejection_is_200_not_sent(
-    send: Handler, channel: ScriptedAdapter, channel_definition_id: uuid.UUID, change: dict[str, Any]
+async def test_business_rejection_is_200_not_sent_with_details(
+    send: Handler,
+    channel: ScriptedAdapter,
+    channel_definition_id: uuid.UUID,
+    change: dict[str, Any],
+    reason: str,
 ) -> None:
     body = payload_json(channel_definition_id, "REQ-3")
     body.update(change)
@@ -173,6 +183,7 @@ async def test_business_rejection_is_200_not_sent(
         "ChannelDefinitionId": str(channel_definition_id),
         "RequestId": "REQ-3",
         "Status": "NotSent",
+        "Details": {"Reason": reason, "Message": NOT_SENT_MESSAGES[NotSentReason(reason)]},
     }
     assert channel.requests == []
 
@@ -331,9 +342,9 @@ async def test_retention_timer_purges_expired_send_state(
 
     await send(post(payload_json(channel_definition_id, "REQ-expired")))
     ledger = services.ledger()
-    record = await ledger.get(channel_definition_id, "REQ-expired")
+    record = await ledger.get(SendKey(channel_definition_id, "REQ-expired"))
     assert record is not None
     await ledger.replace_if_unchanged(record, expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
     await app_function(services, "purge_expired_records")(timer=None)
 
-    assert await ledger.get(channel_definition_id, "REQ-expired") is None
+    assert await ledger.get(SendKey(channel_definition_id, "REQ-expired")) is None

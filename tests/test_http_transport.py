@@ -124,9 +124,11 @@ def twilio(base_url: str) -> TwilioAdapter:
 
 
 def send_request() -> SendRequest:
+    request_id, definition = str(uuid.uuid4()), uuid.uuid4()
     return SendRequest(
-        request_id=str(uuid.uuid4()),
-        channel_definition_id=uuid.uuid4(),
+        request_id=request_id,
+        channel_definition_id=definition,
+        reference=f"{definition}/{request_id}",
         sender="+14155550100",
         recipient="+14155550123",
         text="Your code is 1234",

@@ -39,7 +39,7 @@ from core.settings import (
     storage_location_from_environ,
 )
 from storage.errors import StorageUnavailable
-from storage.ledger import SendLedger
+from storage.ledger import SendKey, SendLedger
 from storage.relay_queue import RELAY_QUEUE, NotificationJob, RelayQueue, decode_job
 from tests.conftest import ROOT, payload_json
 from tests.doubles import send_record
@@ -158,7 +158,7 @@ async def test_ledger_and_relay_queue_use_the_managed_identity(
         draft = send_record("simulator")
         claimed, record = await ledger.claim(draft)
         assert claimed
-        stored = await ledger.get(draft.channel_definition_id, draft.request_id)
+        stored = await ledger.get(SendKey(draft.channel_definition_id, draft.request_id))
         assert stored is not None and stored.request_id == draft.request_id and stored.etag == record.etag
         # concurrent claims share a transaction, which goes out with the identity's token too
         definition = uuid.uuid4()

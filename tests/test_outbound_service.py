@@ -13,9 +13,9 @@ from azure.core.exceptions import ServiceResponseTimeoutError
 
 from channels.base import SendReceipt, SendRequest
 from channels.errors import AmbiguousSendError, NotSentReason, PermanentSendError, TransientSendError
-from contracts import ChannelStatus, OutboundPayload
+from contracts import ChannelStatus, Details, OutboundPayload
 from storage.errors import StorageUnavailable
-from storage.ledger import SendLedger, SendRecord, SendState
+from storage.ledger import SendKey, SendLedger, SendRecord, SendState
 from tests.conftest import CUSTOMER, payload_json
 from tests.doubles import IdempotentScriptedAdapter, RecordingSleep, ScriptedAdapter
 from tests.fakes.azurite import Azurite
@@ -65,7 +65,7 @@ async def test_sent_is_recorded_for_delivery_reports_and_repeats_do_not_send_aga
         channel_definition_id,
         request.from_,
     )
-    record = await ledger.get(channel_definition_id, "req-1")
+    record = await ledger.get(SendKey(channel_definition_id, "req-1"))
     assert record is not None and record.state is SendState.SENT and record.segments == 1
     assert record.expires_at - datetime.now(timezone.utc) > timedelta(days=29)
 
@@ -120,7 +120,7 @@ async def test_business_rejections_answer_not_sent_without_calling_the_provider(
 
     outcome = await service.send(payload(channel_definition_id, "rejected-1", **change))
 
-    assert outcome == SendOutcome(ChannelStatus.NOT_SENT, reason=reason.value)
+    assert outcome == SendOutcome.not_sent(reason)
     assert channel.requests == []
     assert f"reason={reason.value}" in caplog.text and "RequestId=rejected-1" in caplog.text
 
@@ -143,8 +143,14 @@ async def test_provider_rejection_is_final(ledger: SendLedger, channel_definitio
     service = make_service(ledger, channel)
     request = payload(channel_definition_id, "optout")
 
-    assert await service.send(request) == SendOutcome(ChannelStatus.NOT_SENT, reason="RecipientOptedOut")
-    assert await service.send(request) == SendOutcome(ChannelStatus.NOT_SENT, reason="RecipientOptedOut")
+    first, repeat = await service.send(request), await service.send(request)
+    assert first == repeat == SendOutcome(
+        ChannelStatus.NOT_SENT,
+        details=Details(
+            reason="RecipientOptedOut",
+            message="The recipient has opted out of text messages from this sender (scripted code 21610).",
+        ),
+    )
     assert len(channel.requests) == 1
 
 
@@ -171,7 +177,7 @@ async def test_still_failing_within_the_budget_answers_try_again_and_a_repeat_se
     outcome = await make_service(ledger, channel, budget=0.5, sleep=RecordingSleep()).send(request)
 
     assert isinstance(outcome, TryAgainLater) and outcome.retry_after >= 1
-    record = await ledger.get(channel_definition_id, "retry-later")
+    record = await ledger.get(SendKey(channel_definition_id, "retry-later"))
     assert record is not None and record.state is SendState.RETRYABLE
 
     channel.script = [SendReceipt("SM-4")]
@@ -202,7 +208,7 @@ async def test_ambiguous_outcome_is_never_sent_again(
     assert await service.send(request) == SendOutcome(ChannelStatus.SENT)
     assert await service.send(request) == SendOutcome(ChannelStatus.SENT)
     assert len(channel.requests) == 1
-    record = await ledger.get(channel_definition_id, "ambiguous")
+    record = await ledger.get(SendKey(channel_definition_id, "ambiguous"))
     assert record is not None and record.state is SendState.AMBIGUOUS
     assert "never re-sending" in caplog.text
 
@@ -228,7 +234,7 @@ async def _crashed_mid_send(
     task = asyncio.create_task(make_service(ledger, channel).send(payload(channel_definition_id, request_id)))
     await channel.entered.wait()
     task.cancel()
-    record = await ledger.get(channel_definition_id, request_id)
+    record = await ledger.get(SendKey(channel_definition_id, request_id))
     assert record is not None and record.state is SendState.SENDING
     now = datetime.now(timezone.utc)
     await ledger.replace_if_unchanged(
@@ -246,7 +252,7 @@ async def test_send_interrupted_by_a_crash_is_not_repeated(
 
     assert outcome == SendOutcome(ChannelStatus.SENT)
     assert channel.requests == []
-    record = await ledger.get(channel_definition_id, "crashed")
+    record = await ledger.get(SendKey(channel_definition_id, "crashed"))
     assert record is not None and record.state is SendState.AMBIGUOUS
 
 
@@ -276,7 +282,7 @@ async def test_reused_request_id_with_other_content_is_never_sent(
     )
     channel.script = [SendReceipt("SM-other")]
     outcome = await service.send(payload(channel_definition_id, "reused-2", text="second"))
-    assert outcome == SendOutcome(ChannelStatus.NOT_SENT, reason="RequestIdReused")
+    assert outcome == SendOutcome.not_sent(NotSentReason.REQUEST_ID_REUSED)
     assert [r.text for r in channel.requests] == ["first"]
 
 
@@ -289,7 +295,7 @@ async def test_ambiguous_then_transient_is_not_retried_later(
     sent_so_far = len(channel.requests)
     assert await make_service(ledger, channel).send(request) == SendOutcome(ChannelStatus.SENT)
     assert len(channel.requests) == sent_so_far
-    record = await ledger.get(channel_definition_id, "amb-then-503")
+    record = await ledger.get(SendKey(channel_definition_id, "amb-then-503"))
     assert record is not None and record.state is SendState.AMBIGUOUS
 
 
@@ -371,7 +377,7 @@ async def test_test_sends_are_logged_and_sent(
         ChannelStatus.SENT, message_id="SM-6"
     )
     assert "test send RequestId=test-send" in caplog.text
-    record = await ledger.get(channel_definition_id, "test-send")
+    record = await ledger.get(SendKey(channel_definition_id, "test-send"))
     assert record is not None and record.is_test_send
 
 
@@ -401,7 +407,7 @@ async def test_retention_purges_only_expired_records(
     service = make_service(ledger, ScriptedAdapter(SendReceipt("SM-old"), SendReceipt("SM-new")))
     await service.send(payload(channel_definition_id, "old"))
     await service.send(payload(channel_definition_id, "new"))
-    old = await ledger.get(channel_definition_id, "old")
+    old = await ledger.get(SendKey(channel_definition_id, "old"))
     assert old is not None
     past = datetime.now(timezone.utc) - timedelta(days=1)
     expired = await ledger.replace_if_unchanged(old, expires_at=past)
@@ -411,9 +417,9 @@ async def test_retention_purges_only_expired_records(
     deleted = await ledger.purge_expired()
 
     assert deleted >= 2
-    assert await ledger.get(channel_definition_id, "old") is None
+    assert await ledger.get(SendKey(channel_definition_id, "old")) is None
     assert await ledger.find_message("scripted", "SM-old") is None
-    assert await ledger.get(channel_definition_id, "new") is not None
+    assert await ledger.get(SendKey(channel_definition_id, "new")) is not None
     assert await ledger.find_message("scripted", "SM-new") is not None
 
 
@@ -430,7 +436,7 @@ async def test_any_request_id_is_a_valid_storage_key(
         ChannelStatus.SENT, message_id="SM-key"
     )
     assert len(channel.requests) == 1
-    record = await ledger.get(channel_definition_id, request_id)
+    record = await ledger.get(SendKey(channel_definition_id, request_id))
     assert record is not None and record.request_id == request_id
 
 
@@ -455,7 +461,7 @@ async def test_a_send_whose_reports_carry_its_reference_keeps_its_message_id_in_
     channel = ScriptedAdapter(SendReceipt("SM-ref", reports_carry_reference=True))
     outcome = await make_service(ledger, channel).send(payload(channel_definition_id, "by-reference"))
     assert outcome == SendOutcome(ChannelStatus.SENT, message_id="SM-ref")
-    record = await ledger.get(channel_definition_id, "by-reference")
+    record = await ledger.get(SendKey(channel_definition_id, "by-reference"))
     assert record is not None and (record.state, record.message_id, record.parts) == (
         SendState.SENT,
         "SM-ref",
@@ -470,7 +476,7 @@ async def test_parts_are_recorded_by_message_id_even_when_reports_carry_the_refe
     """Part 2's report names part 2's id, which the send's row does not hold."""
     receipt = SendReceipt("P1", part_message_ids=("P1", "P2"), reports_carry_reference=True)
     await make_service(ledger, ScriptedAdapter(receipt)).send(payload(channel_definition_id, "ref-parts"))
-    record = await ledger.get(channel_definition_id, "ref-parts")
+    record = await ledger.get(SendKey(channel_definition_id, "ref-parts"))
     assert record is not None and record.parts == 2
     part = await ledger.find_message("scripted", "P2")
     assert part is not None and (part.message_id, part.parts) == ("P1", 2)
@@ -526,7 +532,7 @@ async def test_a_claim_whose_insert_timed_out_but_landed_still_sends(
 
     assert outcome == SendOutcome(ChannelStatus.SENT, message_id="SM-late-claim")
     assert len(channel.requests) == 1
-    record = await ledger.get(channel_definition_id, "late-claim")
+    record = await ledger.get(SendKey(channel_definition_id, "late-claim"))
     assert record is not None and record.state is SendState.SENT
 
 

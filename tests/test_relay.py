@@ -21,7 +21,15 @@ from dataverse.client import DataverseClient
 from dataverse.dry_run import DryRunDataverse
 from storage.errors import StorageUnavailable
 from storage.group_commit import Write
-from storage.ledger import TABLE_REQUESTS_AT_ONCE, RelayClaimState, SendLedger, SendRecord, SendState, row_key
+from storage.ledger import (
+    TABLE_REQUESTS_AT_ONCE,
+    RelayClaimState,
+    SendKey,
+    SendLedger,
+    SendRecord,
+    SendState,
+    row_key,
+)
 from storage.relay_queue import InboundJob, NotificationJob, RelayQueue
 from storage.replay_poison import replay
 from tests.conftest import CUSTOMER, OUR_NUMBER, DataverseWorld, RelayQueues
@@ -440,7 +448,7 @@ async def test_a_process_keeps_at_most_sixteen_table_requests_in_flight(
     ledger: SendLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The asyncio client has no limit of its own: the ledger caps what it puts on the account."""
-    await ledger.get(uuid.uuid4(), "tables-created")
+    await ledger.get(SendKey(uuid.uuid4(), "tables-created"))
     table = ledger._sends
     read = table.get_entity
     in_flight = peak = 0
@@ -459,6 +467,6 @@ async def test_a_process_keeps_at_most_sixteen_table_requests_in_flight(
             in_flight -= 1
 
     monkeypatch.setattr(table, "get_entity", counted)
-    records = await asyncio.gather(*(ledger.get(uuid.uuid4(), f"cap-{n}") for n in range(60)))
+    records = await asyncio.gather(*(ledger.get(SendKey(uuid.uuid4(), f"cap-{n}")) for n in range(60)))
     assert records == [None] * 60
     assert peak == TABLE_REQUESTS_AT_ONCE

@@ -86,7 +86,6 @@ class Services:
                 ledger=self.ledger(),
                 max_segments=settings.max_segments,
                 send_budget_seconds=settings.send_budget_seconds,
-                provider_timeout_seconds=settings.provider_timeout_seconds,
                 default_region=settings.default_region,
             )
         return self._outbound

@@ -1,4 +1,13 @@
-"""The outbound send: decide what to do with a payload, send at most once, remember the outcome."""
+"""The outbound send: decide what to do with a payload, send at most once, remember the outcome.
+
+A message is identified by its IdempotencyId when the payload has one (Journeys retries an attempt
+that outlived its 20 seconds with the same IdempotencyId and, it seems, a new RequestId), else by its
+RequestId. Every attempt at a message gets the one outcome, with its own RequestId echoed.
+
+Time: the whole answer is due within ``send_budget_seconds`` of the request (Journeys allows the
+plug-in 20 seconds, README "Twenty seconds"). Provider attempts are cut at the budget, less a
+reserve for storing the outcome; an attempt cut while on the wire is ambiguous, never re-sent.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +35,14 @@ from channels.errors import (
     NotSentReason,
     PermanentSendError,
     TransientSendError,
+    not_sent_message,
 )
-from contracts import ChannelStatus, OutboundPayload
+from contracts import ChannelStatus, Details, OutboundPayload
 from core import telemetry
 from core.phones import InvalidPhoneNumber, mask, to_e164
 from core.segments import SegmentCount, count_segments
 from storage.errors import StorageUnavailable
-from storage.ledger import SendLedger, SendRecord, SendState
+from storage.ledger import SendKey, SendLedger, SendRecord, SendState
 
 __all__ = ["OutboundService", "SendOutcome", "TryAgainLater"]
 
@@ -42,15 +52,30 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("0f8a4c52-3f8e-4d8e-b7b4-2f3bb1c7d9a1")
 BACKOFF = wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2)
 #: How often a duplicate request looks again at a send that another request has in flight.
 IN_FLIGHT_POLL_SECONDS = 0.1
+#: Kept from the budget, after the last provider attempt, for storing the outcome.
+OUTCOME_RESERVE_SECONDS = 1.0
+#: How long a claim outlives the send budget before a repeat may decide the owner died.
+LEASE_MARGIN_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
-    """A final answer for the caller: Sent (with the provider's id, if known) or NotSent."""
+    """A final answer for the caller: Sent (with the provider's id, if known) or NotSent (with why)."""
 
     status: ChannelStatus
     message_id: str | None = None
-    reason: str | None = None
+    details: Details | None = None
+
+    @classmethod
+    def not_sent(cls, reason: NotSentReason, message: str | None = None) -> SendOutcome:
+        return cls(
+            ChannelStatus.NOT_SENT,
+            details=Details(reason=reason.value, message=message or not_sent_message(reason)),
+        )
+
+    @property
+    def reason(self) -> str | None:
+        return self.details.reason if self.details else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +92,13 @@ class _Rejection:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Final:
+    """A repeat found the send decided: its outcome is the answer."""
+
+    record: SendRecord
+
+
 class OutboundService:
     def __init__(
         self,
@@ -75,7 +107,6 @@ class OutboundService:
         adapter_for: Callable[[str], ProviderAdapter | None],
         max_segments: int,
         send_budget_seconds: float,
-        provider_timeout_seconds: float = 5.0,
         default_region: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -84,9 +115,11 @@ class OutboundService:
         self.ledger = ledger
         self.max_segments = max_segments
         self.budget = send_budget_seconds
-        # Outlives the longest the owner can take: the budget, plus one last attempt started just
-        # before the deadline (connect, write and read timeouts), plus storage round trips.
-        self.lease_seconds = send_budget_seconds + 3 * provider_timeout_seconds + 10
+        # Provider attempts end by then; the rest of the budget stores the outcome.
+        self.provider_budget = max(send_budget_seconds - OUTCOME_RESERVE_SECONDS, send_budget_seconds / 2)
+        # Outlives the longest the owner can take: the budget (attempts are cut at its end), plus
+        # storage round trips.
+        self.lease_seconds = send_budget_seconds + LEASE_MARGIN_SECONDS
         self.default_region = default_region
         self._sleep = sleep
 
@@ -95,6 +128,7 @@ class OutboundService:
         with telemetry.span(
             "outbound send",
             RequestId=payload.request_id,
+            IdempotencyId=payload.idempotency_id,
             ChannelDefinitionId=payload.channel_definition_id,
             IsTestSend=payload.is_test_send,
         ):
@@ -106,7 +140,8 @@ class OutboundService:
             return answer
 
     async def _send(self, payload: OutboundPayload) -> SendOutcome | TryAgainLater:
-        deadline = time.monotonic() + self.budget
+        started = time.monotonic()
+        deadline = started + self.budget
         adapter = self.adapter_for(payload.from_)
         text = payload.message.get("text", "")
         count = count_segments(text)
@@ -114,16 +149,16 @@ class OutboundService:
         recipient, rejection = self._validate(payload, count)
         if adapter is None and rejection is None:
             rejection = _Rejection(NotSentReason.INVALID_SENDER, "SENDER_ROUTES has no route for this From")
+        key = SendKey.of(payload.channel_definition_id, payload.request_id, payload.idempotency_id)
         draft = SendRecord(
             channel_definition_id=payload.channel_definition_id,
             request_id=payload.request_id,
+            idempotency_id=payload.idempotency_id,
             state=SendState.NOT_SENT if rejection else SendState.SENDING,
             provider=adapter.name if adapter is not None else "unrouted",
             sender=payload.from_,
             fingerprint=_fingerprint(payload),
-            idempotency_key=uuid.uuid5(
-                IDEMPOTENCY_NAMESPACE, f"{payload.channel_definition_id}/{payload.request_id}"
-            ),
+            idempotency_key=uuid.uuid5(IDEMPOTENCY_NAMESPACE, key.reference),
             first_attempt_at=self.ledger.now,
             lease_until=self.ledger.lease(self.lease_seconds),
             expires_at=self.ledger.expiry(),
@@ -131,6 +166,7 @@ class OutboundService:
             encoding=count.encoding.value,
             is_test_send=payload.is_test_send,
             reason=rejection.reason.value if rejection else None,
+            detail=not_sent_message(rejection.reason) if rejection else None,
             owner=uuid.uuid4().hex,
         )
         context = _log_context(payload, recipient)
@@ -140,20 +176,32 @@ class OutboundService:
         created, record = await self.ledger.claim(draft)
         while not created:
             if record.fingerprint != draft.fingerprint:
-                log.warning("RequestId reused with a different message %s", context)
+                reused = "IdempotencyId" if key.by_idempotency_id else "RequestId"
+                log.warning("%s reused with a different message %s", reused, context)
                 if record.state.is_final:
-                    return _outcome_of(record)
-                return SendOutcome(ChannelStatus.NOT_SENT, reason=NotSentReason.REQUEST_ID_REUSED.value)
-            decision = await self._resume(record, deadline, owner=draft.owner, adapter=adapter)
-            if isinstance(decision, (SendOutcome, TryAgainLater)):
+                    return await self._answer_repeat(record, payload, context)
+                return SendOutcome.not_sent(
+                    NotSentReason.IDEMPOTENCY_ID_REUSED
+                    if key.by_idempotency_id
+                    else NotSentReason.REQUEST_ID_REUSED
+                )
+            decision = await self._resume(
+                record, deadline, owner=draft.owner, payload=payload, adapter=adapter
+            )
+            if isinstance(decision, TryAgainLater):
                 return decision
+            if isinstance(decision, _Final):
+                return await self._answer_repeat(decision.record, payload, context)
             record = decision  # this request now owns the send
             created = True
 
         if rejection is not None:
             if record.state is not SendState.NOT_SENT:
                 await self.ledger.replace_if_unchanged(
-                    record, state=SendState.NOT_SENT, reason=rejection.reason.value
+                    record,
+                    state=SendState.NOT_SENT,
+                    reason=rejection.reason.value,
+                    detail=not_sent_message(rejection.reason),
                 )
             _decided(draft.provider, "NotSent", rejection.reason.value)
             log.info(
@@ -163,12 +211,13 @@ class OutboundService:
                 rejection.detail,
                 extra={"Status": "NotSent", "Reason": rejection.reason.value},
             )
-            return SendOutcome(ChannelStatus.NOT_SENT, reason=rejection.reason.value)
+            return SendOutcome.not_sent(rejection.reason)
 
         assert recipient is not None
         request = SendRequest(
             request_id=payload.request_id,
             channel_definition_id=payload.channel_definition_id,
+            reference=key.reference,
             sender=payload.from_,
             recipient=recipient,
             text=text,
@@ -176,7 +225,18 @@ class OutboundService:
             first_attempt_at=record.first_attempt_at,
         )
         assert adapter is not None  # no route is a rejection, handled above
-        return await self._send_owned(adapter, record, request, deadline, context)
+        provider_deadline = min(started + self.provider_budget, deadline)
+        return await self._send_owned(adapter, record, request, provider_deadline, context)
+
+    async def _answer_repeat(self, record: SendRecord, payload: OutboundPayload, context: str) -> SendOutcome:
+        """The decided outcome, for another attempt at the message: its RequestId becomes the one
+        delivery reports name (the latest answered). Failing to note that costs only the name."""
+        if payload.request_id != record.latest_request_id:
+            try:
+                await self.ledger.record_answer(record, payload.request_id)
+            except StorageUnavailable as exc:
+                log.error("answered %s but could not note it as the latest attempt (%s)", context, exc)
+        return _outcome_of(record)
 
     def _validate(
         self, payload: OutboundPayload, count: SegmentCount
@@ -196,16 +256,24 @@ class OutboundService:
         return recipient, None
 
     async def _resume(
-        self, record: SendRecord, deadline: float, *, owner: str, adapter: ProviderAdapter | None
-    ) -> SendOutcome | TryAgainLater | SendRecord:
-        """Decide about a request that an earlier call already claimed.
+        self,
+        record: SendRecord,
+        deadline: float,
+        *,
+        owner: str,
+        payload: OutboundPayload,
+        adapter: ProviderAdapter | None,
+    ) -> _Final | TryAgainLater | SendRecord:
+        """Decide about a message that an earlier call already claimed.
 
-        Returns the outcome to answer, or the record once this call has taken the send over.
+        Returns the decided send, or the record once this call has taken the send over.
         """
         while True:
             if record.state.is_final:
-                return _outcome_of(record)
+                return _Final(record)
             now = datetime.now(timezone.utc)
+            # the attempt taking a send over is the one whose answer carries the outcome
+            answering = None if payload.request_id == record.request_id else payload.request_id
             if record.state is SendState.RETRYABLE:
                 # nothing went out: a fresh attempt, with fresh provider idempotency data
                 taken = await self._take_over(
@@ -214,15 +282,16 @@ class OutboundService:
                     idempotency_key=uuid.uuid4(),
                     first_attempt_at=self.ledger.now,
                     provider=adapter.name if adapter is not None else record.provider,
+                    answered_request_id=answering,
                 )
             elif record.lease_until > now:
-                # another call is sending this very request: wait for its outcome
+                # another call is sending this very message: wait for its outcome
                 if time.monotonic() + IN_FLIGHT_POLL_SECONDS >= deadline:
-                    return TryAgainLater(1.0, "a send for this RequestId is in progress")
+                    return TryAgainLater(1.0, "a send of this message is in progress")
                 await self._sleep(IN_FLIGHT_POLL_SECONDS)
                 taken = None
             elif self._can_resend_safely(record, now, adapter):
-                taken = await self._take_over(record, owner)
+                taken = await self._take_over(record, owner, answered_request_id=answering)
             else:
                 # the call that claimed it died mid-send: the provider may have the message
                 log.warning(
@@ -231,11 +300,11 @@ class OutboundService:
                 )
                 marked = await self.ledger.replace_if_unchanged(record, state=SendState.AMBIGUOUS)
                 if marked is not None:
-                    return _outcome_of(marked)
+                    return _Final(marked)
                 taken = None
             if taken is not None:
                 return taken
-            latest = await self.ledger.get(record.channel_definition_id, record.request_id)
+            latest = await self.ledger.get(record.key)
             if latest is None:
                 return TryAgainLater(1.0, "send state vanished; retry")
             record = latest
@@ -267,7 +336,10 @@ class OutboundService:
         try:
             receipt = await self._send_with_retries(adapter, request, deadline)
         except PermanentSendError as exc:
-            await self.ledger.replace_if_unchanged(record, state=SendState.NOT_SENT, reason=exc.reason.value)
+            message = not_sent_message(exc.reason, provider=adapter.name, provider_code=exc.provider_code)
+            await self.ledger.replace_if_unchanged(
+                record, state=SendState.NOT_SENT, reason=exc.reason.value, detail=message
+            )
             _decided(adapter.name, "NotSent", exc.reason.value)
             log.info(
                 "NotSent %s reason=%s: %s",
@@ -276,7 +348,7 @@ class OutboundService:
                 exc.detail,
                 extra={"Status": "NotSent", "Reason": exc.reason.value},
             )
-            return SendOutcome(ChannelStatus.NOT_SENT, reason=exc.reason.value)
+            return SendOutcome.not_sent(exc.reason, message)
         except TransientSendError as exc:
             await self.ledger.replace_if_unchanged(record, state=SendState.RETRYABLE, reason=exc.detail[:200])
             retry_after = max(exc.retry_after or 0.0, 1.0)
@@ -386,7 +458,7 @@ class OutboundService:
                     ),
                 ):
                     try:
-                        receipt = await adapter.send(request)
+                        receipt = await _within(deadline, adapter.send(request), adapter.name)
                         telemetry.annotate(ProviderMessageId=receipt.message_id)
                         return receipt
                     except AmbiguousSendError:
@@ -399,6 +471,14 @@ class OutboundService:
         raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
 
 
+async def _within(deadline: float, send: Awaitable[SendReceipt], provider: str) -> SendReceipt:
+    """One provider attempt, cut at the deadline. Cut on the wire, it may have reached the provider."""
+    try:
+        return await asyncio.wait_for(send, timeout=max(deadline - time.monotonic(), 0.0))
+    except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
+        raise AmbiguousSendError(f"{provider}: no answer within the send budget") from None
+
+
 def _decided(provider: str, status: str, reason: str | None = None) -> None:
     """Count a send decided by this call (a repeat answering a stored outcome is not counted)."""
     attributes = {"Provider": provider, "Status": status}
@@ -409,7 +489,11 @@ def _decided(provider: str, status: str, reason: str | None = None) -> None:
 
 def _outcome_of(record: SendRecord) -> SendOutcome:
     if record.state is SendState.NOT_SENT:
-        return SendOutcome(ChannelStatus.NOT_SENT, reason=record.reason)
+        try:
+            reason = NotSentReason(record.reason)
+        except ValueError:  # not a reason of this version: stored by another one
+            reason = NotSentReason.PROVIDER_REJECTED
+        return SendOutcome.not_sent(reason, record.detail)
     return SendOutcome(ChannelStatus.SENT, message_id=record.message_id)
 
 
@@ -419,7 +503,8 @@ def _fingerprint(payload: OutboundPayload) -> str:
 
 
 def _log_context(payload: OutboundPayload, recipient: str | None) -> str:
+    idempotency = f" IdempotencyId={payload.idempotency_id}" if payload.idempotency_id else ""
     return (
-        f"RequestId={payload.request_id} ChannelDefinitionId={payload.channel_definition_id} "
+        f"RequestId={payload.request_id}{idempotency} ChannelDefinitionId={payload.channel_definition_id} "
         f"To={mask(recipient or payload.to)}"
     )

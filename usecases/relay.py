@@ -29,13 +29,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
+from dataclasses import replace
 
-from contracts import ChannelStatus, InboundPayload, NotificationDetails, NotificationPayload
+from contracts import ChannelStatus, Details, InboundPayload, NotificationPayload
 from core.phones import InvalidPhoneNumber, mask, to_e164
 from dataverse.client import DataverseGateway, DataversePermanentError, DataverseTransientError
 from storage.errors import StorageUnavailable
-from storage.ledger import MessageRecord, RelayClaimState, SendLedger
+from storage.ledger import MessageRecord, RelayClaimState, SendKey, SendLedger
 from storage.relay_queue import InboundJob, NotificationJob, RelayJob, RelayQueue
 
 __all__ = ["RelayService"]
@@ -204,7 +204,7 @@ class RelayService:
             status_details["PartsDelivered"] = str(job.parts_delivered or 0)
         details = None
         if job.status is ChannelStatus.NOT_DELIVERED:
-            details = NotificationDetails(
+            details = Details(
                 reason=job.reason or "Unknown",
                 message=job.description or f"{job.provider} status {job.provider_status}",
             )
@@ -220,19 +220,24 @@ class RelayService:
         )
 
     async def _sent_message(self, job: NotificationJob) -> MessageRecord | None:
-        """The send a delivery report belongs to.
+        """The send a delivery report belongs to, naming the RequestId reports must name.
 
-        A report naming its request (the reference the provider echoed) is taken to that request's
-        row: sends whose reports all carry it have no message-id record, and an ambiguous send never
+        A report naming its send (the reference the provider echoed) is taken to that send's row:
+        sends whose reports all carry it have no message-id record, and an ambiguous send never
         learnt its message id. The row must be this provider's, and name this message unless it
         never learnt its id: a reference the provider did not sign cannot move a report to another
-        send. Anything else is looked up by message id.
+        send. Anything else is looked up by message id; a send keyed on IdempotencyId is then read
+        too, for the latest attempt answered (a retry may have come after the record was written).
         """
-        echoed = _correlation(job.correlation)
-        send = await self.ledger.get(*echoed) if echoed is not None else None
+        echoed = SendKey.from_reference(job.correlation)
+        send = await self.ledger.get(echoed) if echoed is not None else None
         if send is not None and send.provider == job.provider and send.message_id in (None, job.message_id):
             return MessageRecord.of_send(send, job.message_id)
-        return await self.ledger.find_message(job.provider, job.message_id)
+        record = await self.ledger.find_message(job.provider, job.message_id)
+        if record is None or record.idempotency_id is None:
+            return record
+        send = await self.ledger.get(record.send_key)
+        return record if send is None else replace(record, request_id=send.latest_request_id)
 
     async def _inbound(self, job: InboundJob) -> InboundPayload:
         # our number may be a short code, which is no phone number; the customer's must be one
@@ -249,16 +254,6 @@ class RelayService:
             organization_id=await self.dataverse.organization_id(),
             message={"text": job.text},
         )
-
-
-def _correlation(value: str | None) -> tuple[uuid.UUID, str] | None:
-    if not value:
-        return None
-    definition, sep, request_id = value.partition("/")
-    try:
-        return (uuid.UUID(definition), request_id) if sep and request_id else None
-    except ValueError:
-        return None
 
 
 def _e164(number: str) -> str | None:
