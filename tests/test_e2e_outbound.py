@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +29,10 @@ def twilio_token() -> str:
 
 @pytest.fixture(scope="module")
 def fake_twilio(twilio_token: str) -> Iterator[FakeHttpServer]:
-    with FakeHttpServer(FakeTwilio(ACCOUNT_SID, twilio_token)) as server:
+    twilio = FakeTwilio(ACCOUNT_SID, twilio_token)
+    with FakeHttpServer(twilio) as server:
         yield server
+        twilio.release.set()
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,8 @@ def twilio_app(
         "TWILIO_API_BASE_URL": fake_twilio.url,
         "PUBLIC_BASE_URL": "https://sms.example.org",
         "SEND_BUDGET_SECONDS": "2",
+        "PROVIDER_TIMEOUT_SECONDS": "10",
+        "SENDER_ROUTES": f"{OUR_NUMBER}=twilio",
     }
     with local_host(env, log=host_log) as base:
         yield base
@@ -85,6 +90,115 @@ def test_concurrent_duplicates_over_http_send_once(twilio_app: str, fake_twilio:
         responses = list(pool.map(lambda _: http.post("/api/outbound", json=body), range(16)))
     assert [r.status_code for r in responses] == [200] * 16
     assert len({r.json()["MessageId"] for r in responses}) == 1
+    assert len(fake_twilio.requests) - before == 1
+
+
+def test_a_retry_with_the_same_idempotency_id_sends_nothing_and_echoes_its_own_request_id(
+    twilio_app: str, fake_twilio: FakeHttpServer
+) -> None:
+    channel_definition_id = uuid.uuid4()
+    before = len(fake_twilio.requests)
+    with client(twilio_app) as http:
+        first = http.post(
+            "/api/outbound", json=payload_json(channel_definition_id, "attempt-1", IdempotencyId="msg-e2e")
+        ).json()
+        retry = http.post(
+            "/api/outbound", json=payload_json(channel_definition_id, "attempt-2", IdempotencyId="msg-e2e")
+        ).json()
+    assert len(fake_twilio.requests) - before == 1
+    assert first["Status"] == retry["Status"] == "Sent"
+    assert retry["MessageId"] == first["MessageId"]
+    assert (first["RequestId"], retry["RequestId"]) == ("attempt-1", "attempt-2")
+    callback = fake_twilio.requests[-1].form()["StatusCallback"]
+    assert callback.endswith(f"?ref={channel_definition_id}%3Amsg-e2e")
+
+
+def test_six_overlapping_attempts_at_one_message_send_one_sms(
+    twilio_app: str, fake_twilio: FakeHttpServer
+) -> None:
+    channel_definition_id = uuid.uuid4()
+    bodies = [
+        payload_json(channel_definition_id, f"overlap-{n}", IdempotencyId="msg-overlap") for n in range(6)
+    ]
+    before = len(fake_twilio.requests)
+    with client(twilio_app) as http, ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda body: http.post("/api/outbound", json=body), bodies))
+    assert [r.status_code for r in responses] == [200] * 6
+    assert len({r.json()["MessageId"] for r in responses}) == 1
+    assert sorted(r.json()["RequestId"] for r in responses) == [f"overlap-{n}" for n in range(6)]
+    assert len(fake_twilio.requests) - before == 1
+
+
+def test_distinct_idempotency_ids_with_the_same_text_send_twice(
+    twilio_app: str, fake_twilio: FakeHttpServer
+) -> None:
+    channel_definition_id = uuid.uuid4()
+    before = len(fake_twilio.requests)
+    with client(twilio_app) as http:
+        answers = [
+            http.post(
+                "/api/outbound",
+                json=payload_json(channel_definition_id, f"twin-{n}", IdempotencyId=f"twin-{n}"),
+            ).json()
+            for n in range(2)
+        ]
+    assert len(fake_twilio.requests) - before == 2
+    assert answers[0]["MessageId"] != answers[1]["MessageId"]
+
+
+def test_every_refusal_class_answers_its_own_reason(twilio_app: str, fake_twilio: FakeHttpServer) -> None:
+    definition = uuid.uuid4()
+    refusals = {
+        "InvalidRecipient": payload_json(definition, "no-number", to="12"),
+        "EmptyMessage": payload_json(definition, "empty", text="  "),
+        "TooManySegments": payload_json(definition, "long", text="x" * 1600),
+        "InvalidSender": payload_json(definition, "unrouted", From="ContosoNoRoute"),
+        "RecipientOptedOut": payload_json(definition, "opted-out", to="+14155550610"),
+        "ProviderRejected": payload_json(definition, "refused", to="+14155550400"),
+    }
+    with client(twilio_app) as http:
+        answers = {reason: http.post("/api/outbound", json=body) for reason, body in refusals.items()}
+        # an id reused for another message while its first message is still at the provider
+        hanging = payload_json(definition, "held", to="+14155550408", IdempotencyId="held-msg")
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(http.post, "/api/outbound", json=hanging)
+            wait_for(lambda: fake_twilio.requests[-1].form().get("To") == "+14155550408")
+            answers["IdempotencyIdReused"] = http.post(
+                "/api/outbound", json={**hanging, "RequestId": "held-2", "Message": {"text": "Another"}}
+            )
+            held.result()
+
+    for reason, response in answers.items():
+        assert response.status_code == 200, reason
+        answer = response.json()
+        assert answer["Status"] == "NotSent", reason
+        assert answer["Details"]["Reason"] == reason
+        message = answer["Details"]["Message"]
+        assert message.endswith(".") and len(message) < 120, reason
+        assert not re.search(r"\d{7}", message), f"{reason}: no phone number in {message!r}"
+    assert answers["ProviderRejected"].json()["Details"]["Message"] == (
+        "The SMS provider refused the message (twilio code 21408)."
+    )
+
+
+def test_a_provider_that_never_answers_is_answered_inside_the_budget(
+    twilio_app: str, fake_twilio: FakeHttpServer
+) -> None:
+    """SEND_BUDGET_SECONDS is 2 and PROVIDER_TIMEOUT_SECONDS 10: the budget decides."""
+    body = payload_json(uuid.uuid4(), "stuck-1", to="+14155550408", IdempotencyId="stuck")
+    before = len(fake_twilio.requests)
+    with client(twilio_app) as http:
+        started = time.monotonic()
+        response = http.post("/api/outbound", json=body)
+        elapsed = time.monotonic() - started
+        retry = http.post("/api/outbound", json={**body, "RequestId": "stuck-2"})
+    assert response.status_code == 200 and response.json() == {
+        "ChannelDefinitionId": body["ChannelDefinitionId"],
+        "RequestId": "stuck-1",
+        "Status": "Sent",  # ambiguous: the provider may have it, so it is never sent again
+    }
+    assert elapsed < 2 + 2  # the budget, plus the host and storage on a busy 2-core machine
+    assert retry.json()["Status"] == "Sent" and retry.json()["RequestId"] == "stuck-2"
     assert len(fake_twilio.requests) - before == 1
 
 

@@ -120,6 +120,41 @@ def test_status_callback_reaches_dataverse_once(
     assert list(messages.query_entities(f"RowKey eq '{sent['MessageId']}'")) == []
 
 
+def test_a_report_after_a_retried_attempt_names_the_latest_attempt_once(
+    app_env: dict[str, str],
+    fake_twilio: FakeHttpServer,
+    twilio_token: str,
+    dataverse_world: DataverseWorld,
+    relay_queues: RelayQueues,
+) -> None:
+    """Journeys retried with a new RequestId and the same IdempotencyId: one SMS, and its delivery
+    report names the attempt Journeys got the last answer for."""
+    channel_definition_id = uuid.uuid4()
+    fake = dataverse_world.dataverse
+    first = payload_json(channel_definition_id, "journey-attempt-1", IdempotencyId="journey-msg")
+    with local_host(app_env) as base, client(base) as http:
+        sent = http.post("/api/outbound", json=first).json()
+        retried = http.post("/api/outbound", json={**first, "RequestId": "journey-attempt-2"}).json()
+        [send] = [r for r in fake_twilio.requests if r.form().get("StatusCallback")]
+        callback = {
+            "MessageSid": sent["MessageId"],
+            "MessageStatus": "delivered",
+            "AccountSid": ACCOUNT_SID,
+            "From": OUR_NUMBER,
+            "To": CUSTOMER,
+        }
+        url = send.form()["StatusCallback"]
+        responses = [post_signed(http, url, callback, twilio_token) for _ in range(2)]
+        wait_for(lambda: len(fake.notifications) == 1)
+        wait_for(lambda: relay_queues.count(relay_queues.jobs) == 0)
+
+    assert retried == {**sent, "RequestId": "journey-attempt-2"}
+    assert [r.status_code for r in responses] == [200, 200]
+    assert [(n["RequestId"], n["MessageId"]) for n in fake.notification_payloads()] == [
+        ("journey-attempt-2", sent["MessageId"])
+    ]
+
+
 def test_inbound_reply_reaches_dataverse(
     app_env: dict[str, str], twilio_token: str, dataverse_world: DataverseWorld
 ) -> None:

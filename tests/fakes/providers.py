@@ -2,7 +2,8 @@
 
 A recipient number's last four digits choose the answer, so one fake serves every scenario:
 ``0429`` throttled, ``0500`` server error, ``0610`` opted out (Twilio 21610 / ACS 400),
-``0211`` invalid number, anything else accepted.
+``0211`` invalid number, anything else accepted. Twilio also: ``0400`` refused for another reason
+(21408), ``0408`` never answered until the test sets ``release``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class FakeTwilio:
     account_sid: str
     auth_token: str
     retry_after: str = "1"
+    #: Holds the answers to ``…0408`` until set: a provider that keeps the request.
+    release: threading.Event = field(default_factory=threading.Event)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -49,6 +52,10 @@ class FakeTwilio:
             )
         if to.endswith("0211"):
             return Reply(400, {"code": 21211, "message": f"The 'To' number {to} is not valid", "status": 400})
+        if to.endswith("0400"):
+            return Reply(400, {"code": 21408, "message": "Permission to send an SMS has not been enabled"})
+        if to.endswith("0408"):
+            self.release.wait()
         with self._lock:
             sid = f"SM{next(self._ids):032x}"
         return Reply(
