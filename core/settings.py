@@ -113,10 +113,13 @@ class AppSettings(BaseSettings):
     storage_credential: str | None = Field(default=None, validation_alias="AzureWebJobsStorage__credential")
     storage_client_id: str | None = Field(default=None, validation_alias="AzureWebJobsStorage__clientId")
     max_segments: int = Field(default=10, ge=1, le=50, validation_alias="MAX_SEGMENTS")
-    #: Total time one outbound request may spend on provider retries before answering 503.
-    send_budget_seconds: float = Field(default=8.0, gt=0, le=60, validation_alias="SEND_BUDGET_SECONDS")
+    #: The time within which an outbound request is answered: provider attempts are cut at its end.
+    #: At most 9 s: with a cold start it must fit the plug-in's timeout (15 s), which must fit
+    #: Journeys' 20 s (README "Twenty seconds, end to end").
+    send_budget_seconds: float = Field(default=8.0, gt=0, le=9, validation_alias="SEND_BUDGET_SECONDS")
+    #: Per provider call (each phase: connect at most 3 s, write, read); also cut at the send budget.
     provider_timeout_seconds: float = Field(
-        default=5.0, gt=0, le=30, validation_alias="PROVIDER_TIMEOUT_SECONDS"
+        default=5.0, gt=0, le=9, validation_alias="PROVIDER_TIMEOUT_SECONDS"
     )
     retention_days: int = Field(default=30, ge=1, le=3650, validation_alias="RETENTION_DAYS")
     max_body_bytes: int = Field(default=65536, ge=1024, validation_alias="MAX_BODY_BYTES")

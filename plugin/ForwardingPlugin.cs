@@ -22,10 +22,15 @@ namespace SmsChannel.Plugin
     /// </summary>
     public sealed class OutboundForwarder : IPlugin
     {
+        /// <summary>
+        /// Journeys gives the whole custom API call 20 seconds, then counts the attempt as failed and tries again:
+        /// the app's answer (its SEND_BUDGET_SECONDS, at most 9, plus a cold start) must fit in this timeout, and
+        /// this timeout plus the plug-in's own work must fit in the 20 seconds (README "Twenty seconds").
+        /// </summary>
         public const int DefaultTimeoutSeconds = 15;
         public const int MinTimeoutSeconds = 1;
-        /// <summary>Well under the 2-minute limit of a Dataverse message operation.</summary>
-        public const int MaxTimeoutSeconds = 60;
+        /// <summary>16 s, plus at most 3 s of the plug-in's own work and Dataverse's pipeline: under 20 s.</summary>
+        public const int MaxTimeoutSeconds = 16;
 
         private const string TraceName = "OutboundForwarder";
         private const string FunctionKeyHeader = "x-functions-key";

@@ -35,6 +35,8 @@ PLAIN_TEXT = 192350000
 CHANNEL_INSTANCE = "msdyn_channelinstance"
 EXTENDED_ENTITY_LOOKUP = "msdyn_extendedentityid"
 TEXT_BOX = "{4273EDBD-AC1D-40d3-9FB2-095C621B552D}"
+#: The forwarding step's timeoutSeconds: the app's SEND_BUDGET_SECONDS (at most 9) plus a cold start fit
+#: in it, and it plus the plug-in's own work fits in Journeys' 20 s (README "Twenty seconds, end to end").
 PLUGIN_TIMEOUT_SECONDS = 15
 #: At most 100 characters (msdyn_channeldefinition.msdyn_description is String(100)).
 CHANNEL_DESCRIPTION = "SMS through the custom channel's Azure Functions app"

@@ -52,7 +52,7 @@ def twilio_app(
         "TWILIO_API_BASE_URL": fake_twilio.url,
         "PUBLIC_BASE_URL": "https://sms.example.org",
         "SEND_BUDGET_SECONDS": "2",
-        "PROVIDER_TIMEOUT_SECONDS": "10",
+        "PROVIDER_TIMEOUT_SECONDS": "9",
         "SENDER_ROUTES": f"{OUR_NUMBER}=twilio",
     }
     with local_host(env, log=host_log) as base:
@@ -184,7 +184,7 @@ def test_every_refusal_class_answers_its_own_reason(twilio_app: str, fake_twilio
 def test_a_provider_that_never_answers_is_answered_inside_the_budget(
     twilio_app: str, fake_twilio: FakeHttpServer
 ) -> None:
-    """SEND_BUDGET_SECONDS is 2 and PROVIDER_TIMEOUT_SECONDS 10: the budget decides."""
+    """SEND_BUDGET_SECONDS is 2 and PROVIDER_TIMEOUT_SECONDS 9: the budget decides."""
     body = payload_json(uuid.uuid4(), "stuck-1", to="+14155550408", IdempotencyId="stuck")
     before = len(fake_twilio.requests)
     with client(twilio_app) as http:

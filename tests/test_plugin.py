@@ -504,7 +504,7 @@ NOWHERE = "http://127.0.0.1:9/api/outbound"  # never reached: a misconfigured st
             id="url-not-http",
         ),
         pytest.param(unsecure_config(NOWHERE, 0), secure_config(), '"timeoutSeconds"', id="timeout-0"),
-        pytest.param(unsecure_config(NOWHERE, 121), secure_config(), '"timeoutSeconds"', id="timeout-121"),
+        pytest.param(unsecure_config(NOWHERE, 17), secure_config(), '"timeoutSeconds"', id="timeout-17"),
         pytest.param(
             json.dumps({"url": NOWHERE, "timeoutSeconds": "15"}),
             secure_config(),
