@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import azure.functions as func
 
 from blueprints.responses import json_response
+from contracts.http import HealthReport, SettingProblemBody
 from core.settings import ConfigurationError, SettingProblem
 from storage.errors import StorageUnavailable
 from usecases.composition import Services
@@ -22,7 +24,7 @@ def blueprint(services: Services) -> func.Blueprint:
     async def health(req: func.HttpRequest) -> func.HttpResponse:
         problems: list[SettingProblem] = []
         provider: str | None = None
-        storage = "unknown"
+        storage: Literal["reachable", "unreachable", "unknown"] = "unknown"
         dataverse = "unknown"
         try:
             provider = services.settings().sms_provider
@@ -43,13 +45,13 @@ def blueprint(services: Services) -> func.Blueprint:
         healthy = not problems and storage == "reachable"
         if not healthy:
             log.warning("unhealthy: storage %s; settings: %s", storage, "; ".join(map(str, problems)) or "ok")
-        body = {
-            "status": "ok" if healthy else "unhealthy",
-            "provider": provider,
-            "storage": storage,
-            "dataverse": dataverse,
-            "problems": [{"setting": p.setting, "message": p.message} for p in problems],
-        }
-        return json_response(body, 200 if healthy else 503)
+        report = HealthReport(
+            status="ok" if healthy else "unhealthy",
+            provider=provider,
+            storage=storage,
+            dataverse=dataverse,
+            problems=[SettingProblemBody(setting=p.setting, message=p.message) for p in problems],
+        )
+        return json_response(report.model_dump(mode="json", by_alias=True), 200 if healthy else 503)
 
     return bp

@@ -14,6 +14,7 @@ from typing import Any
 
 import azure.functions as func
 
+from contracts.http import ErrorAnswer, ErrorBody
 from core.settings import ConfigurationError
 from storage.errors import StorageUnavailable
 from usecases.intake import InvalidWebhook, PayloadTooLarge, UnknownProvider, WebhookRejected
@@ -118,4 +119,5 @@ def error_response(
     **extra: Any,
 ) -> func.HttpResponse:
     headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
-    return json_response({"error": {"code": code, "message": message, **extra}}, status_code, headers)
+    body = ErrorAnswer(error=ErrorBody(code=code, message=message, **extra))
+    return json_response(body.to_wire(), status_code, headers)

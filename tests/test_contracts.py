@@ -4,6 +4,7 @@ import json
 import uuid
 
 import pytest
+from openapi_spec_validator import validate as validate_openapi
 from pydantic import ValidationError
 
 from contracts import (
@@ -14,7 +15,7 @@ from contracts import (
     OutboundPayload,
     OutboundResponse,
 )
-from contracts.schemas import CONTRACTS, render, schema_path
+from contracts.schemas import CONTRACTS, OPENAPI_PATH, render, render_openapi, schema_path
 
 GUID = "3F2504E0-4F89-11D3-9A0C-0305E82C3301"
 
@@ -181,3 +182,26 @@ def test_checked_in_schema_matches_the_model(stem: str) -> None:
 def test_schemas_use_wire_names() -> None:
     schema = json.loads(schema_path("outbound-payload").read_text(encoding="utf-8"))
     assert set(schema["required"]) == {"ChannelDefinitionId", "RequestId", "From", "To", "Message"}
+
+
+def test_checked_in_openapi_document_matches_the_models() -> None:
+    assert OPENAPI_PATH.read_text(encoding="utf-8") == render_openapi(), (
+        "docs/openapi.json is stale: run `python -m contracts.schemas`"
+    )
+
+
+def test_openapi_document_is_valid_openapi_3_1_and_carries_the_2026_contract() -> None:
+    document = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+    validate_openapi(document)  # the OpenAPI 3.1 specification's own schema and rules
+    assert document["openapi"] == "3.1.0"
+    schemas = document["components"]["schemas"]
+    assert "IdempotencyId" in schemas["OutboundPayload"]["properties"]
+    assert schemas["OutboundResponse"]["properties"]["Details"]["anyOf"][0] == {
+        "$ref": "#/components/schemas/Details"
+    }
+    assert set(document["paths"]) == {
+        "/outbound",
+        "/providers/{provider}/delivery-reports",
+        "/providers/{provider}/inbound",
+        "/health",
+    }
