@@ -56,7 +56,7 @@ from dataverse.batch import (
     encode_batch,
     throttle_kind,
 )
-from dataverse.settings import DataverseSettings
+from dataverse.settings import ChannelApis, DataverseSettings
 
 __all__ = [
     "DataverseClient",
@@ -109,6 +109,8 @@ class DataverseGateway(Protocol):
     """What the relay needs from Dataverse (the real client, or the dry-run stand-in)."""
 
     mode: str
+    #: The actions relays call: Journeys' own, or the channel's custom APIs in front of them.
+    apis: ChannelApis
 
     async def notify(self, payload: NotificationPayload) -> None: ...
 
@@ -138,6 +140,7 @@ class DataverseClient:
     ) -> None:
         assert settings.base_url is not None
         self.settings = settings
+        self.apis = settings.channel_apis
         self.tokens = tokens
         cap = settings.max_concurrency
         self._http = httpx.AsyncClient(
@@ -180,12 +183,10 @@ class DataverseClient:
     # -- operations --------------------------------------------------------------------------
 
     async def notify(self, payload: NotificationPayload) -> None:
-        await self._channel_api(
-            "msdyn_D365ChannelsNotification", {"notificationPayLoad": payload.to_wire_json()}
-        )
+        await self._channel_api(self.apis.notification, {"notificationPayLoad": payload.to_wire_json()})
 
     async def inbound(self, payload: InboundPayload) -> None:
-        await self._channel_api("msdyn_D365ChannelsInbound", {"inboundPayLoad": payload.to_wire_json()})
+        await self._channel_api(self.apis.inbound, {"inboundPayLoad": payload.to_wire_json()})
 
     async def organization_id(self) -> str:
         if self._organization_id is None:

@@ -1,7 +1,7 @@
 """Dry run: with DATAVERSE_URL unset, relays are logged and appended to a JSON Lines file.
 
-Each line is ``{"at": …, "api": "msdyn_D365ChannelsNotification", "body": {"notificationPayLoad": "…"}}``,
-exactly the body the real call would post (``DATAVERSE_DRY_RUN_FILE``, default
+Each line is ``{"at": …, "api": "msdyn_D365ChannelsNotification", "body": {"notificationPayLoad": "…"}}``
+(the channel's own API where DATAVERSE_CHANNEL_API_PREFIX names it), exactly the body the real call would post (``DATAVERSE_DRY_RUN_FILE``, default
 ``dataverse-dry-run.jsonl`` in the app's folder).
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from contracts import InboundPayload, NotificationPayload
+from dataverse.settings import ChannelApis
 
 log = logging.getLogger("sms.dataverse")
 
@@ -31,13 +32,15 @@ class DryRunDataverse:
         *,
         organization_id: str | None = None,
         channel_definitions: dict[str, UUID] | None = None,
+        apis: ChannelApis | None = None,
     ) -> None:
         self.sink = sink
+        self.apis = apis or ChannelApis()
         self._organization_id = organization_id or DRY_RUN_ORGANIZATION_ID
         self._definitions = channel_definitions or {}
 
     async def notify(self, payload: NotificationPayload) -> None:
-        await self._write("msdyn_D365ChannelsNotification", {"notificationPayLoad": payload.to_wire_json()})
+        await self._write(self.apis.notification, {"notificationPayLoad": payload.to_wire_json()})
         log.info(
             "dry run: notification RequestId=%s Status=%s kept in %s",
             payload.request_id,
@@ -46,7 +49,7 @@ class DryRunDataverse:
         )
 
     async def inbound(self, payload: InboundPayload) -> None:
-        await self._write("msdyn_D365ChannelsInbound", {"inboundPayLoad": payload.to_wire_json()})
+        await self._write(self.apis.inbound, {"inboundPayLoad": payload.to_wire_json()})
         log.info(
             "dry run: inbound message for ChannelDefinitionId=%s kept in %s",
             payload.channel_definition_id,

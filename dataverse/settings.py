@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -13,7 +15,25 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.phones import to_e164
 
-__all__ = ["DataverseSettings", "IdentitySettings"]
+__all__ = ["ChannelApis", "DataverseSettings", "IdentitySettings", "channel_apis_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelApis:
+    """The Dataverse actions relays call. Both paths take the same parameter names
+    (``notificationPayLoad``, ``inboundPayLoad``) and the same payloads."""
+
+    notification: str = "msdyn_D365ChannelsNotification"
+    inbound: str = "msdyn_D365ChannelsInbound"
+
+
+def channel_apis_of(prefix: str | None) -> ChannelApis:
+    """Journeys' base actions directly (no prefix), or the channel's own delivery-report and inbound
+    custom APIs that ``python -m provisioning`` creates under ``prefix``; their plug-ins call the
+    base actions with the payload unchanged."""
+    if prefix is None:
+        return ChannelApis()
+    return ChannelApis(notification=f"{prefix}_SmsDeliveryReport", inbound=f"{prefix}_SmsInbound")
 
 
 def _is_loopback(host: str) -> bool:
@@ -40,6 +60,20 @@ class DataverseSettings(BaseSettings):
     dry_run_file: Path = Path("dataverse-dry-run.jsonl")
     #: "number=ChannelDefinitionId,…": our numbers' channel definitions, skipping the lookup in Dataverse.
     channel_definitions: Annotated[dict[str, UUID], NoDecode] = Field(default_factory=dict)
+    #: Unset: relays call Journeys' msdyn_ actions directly. A publisher prefix: they call the channel's
+    #: own custom APIs <prefix>_SmsDeliveryReport and <prefix>_SmsInbound (python -m provisioning).
+    channel_api_prefix: str | None = None
+
+    @field_validator("channel_api_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z][a-z0-9]{1,7}", value.strip()):
+            raise ValueError("a publisher customization prefix: 2 to 8 lower-case letters or digits")
+        return value.strip() if value is not None else None
+
+    @property
+    def channel_apis(self) -> ChannelApis:
+        return channel_apis_of(self.channel_api_prefix)
 
     @field_validator("url")
     @classmethod

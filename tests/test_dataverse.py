@@ -288,6 +288,32 @@ def test_dataverse_url_must_be_https_except_loopback(
         assert caught.value.problems[0].setting == "DATAVERSE_URL"
 
 
+@pytest.mark.parametrize(
+    "prefix, notification, inbound",
+    [
+        (None, "msdyn_D365ChannelsNotification", "msdyn_D365ChannelsInbound"),
+        ("contoso", "contoso_SmsDeliveryReport", "contoso_SmsInbound"),
+    ],
+)
+def test_the_channel_api_prefix_chooses_the_actions_relays_call(
+    prefix: str | None, notification: str, inbound: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if prefix is not None:
+        monkeypatch.setenv("DATAVERSE_CHANNEL_API_PREFIX", prefix)
+    apis = load(DataverseSettings).channel_apis
+    assert (apis.notification, apis.inbound) == (notification, inbound)
+
+
+@pytest.mark.parametrize("prefix", ["Contoso", "c", "contoso_x", "toolongprefix"])
+def test_a_channel_api_prefix_that_is_no_publisher_prefix_is_named(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATAVERSE_CHANNEL_API_PREFIX", prefix)
+    with pytest.raises(ConfigurationError) as caught:
+        load(DataverseSettings)
+    assert caught.value.problems[0].setting == "DATAVERSE_CHANNEL_API_PREFIX"
+
+
 async def test_tokens_and_secrets_are_never_logged(
     dataverse_world: DataverseWorld, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from contracts import ChannelStatus, NotificationPayload
+from contracts import ChannelStatus, InboundPayload, NotificationPayload
 from dataverse.batch import (
     START_REQUEST_RATE,
     BatchFormatError,
@@ -456,3 +456,53 @@ async def test_a_refused_batch_falls_back_to_one_request_per_notification(
     assert await outcomes(client, 3) == [None] * 3
     assert len(batch_calls(fake)) == 1 and len(fake.notifications) == 7
     assert [call.path for _, call in fake.calls[-3:]] == [NOTIFY] * 3
+
+
+async def test_through_the_channels_own_apis_relays_keep_batching_pacing_and_their_outcomes(
+    dataverse_world: DataverseWorld,
+) -> None:
+    """DATAVERSE_CHANNEL_API_PREFIX: the same batches, pacing and 429 handling, another action."""
+    fake = dataverse_world.dataverse
+    fake.channel_apis = {
+        "contoso_SmsDeliveryReport": "msdyn_D365ChannelsNotification",
+        "contoso_SmsInbound": "msdyn_D365ChannelsInbound",
+    }
+    fake.faults = [
+        Reply(
+            429,
+            {"error": {"code": "0x80072322", "message": "Number of requests exceeded"}},
+            {"Retry-After": "1"},
+        )
+    ]
+    client = dataverse_world.client(channel_api_prefix="contoso")
+    try:
+        assert await outcomes(client, 12) == [None] * 12
+        await client.inbound(
+            InboundPayload(
+                channel_definition_id=uuid.uuid4(),
+                to=OUR_NUMBER,
+                from_="+14155550123",
+                organization_id="org",
+                message={"text": "STOP"},
+            )
+        )
+    finally:
+        await client.aclose()
+
+    assert sorted(p["RequestId"] for p in fake.notification_payloads()) == sorted(f"n{i}" for i in range(12))
+    assert fake.relayed_via == ["contoso_SmsDeliveryReport"] * 12 + ["contoso_SmsInbound"]
+    assert client.pacer.throttle_events == 1
+    assert any(len(operations) > 1 for operations in fake.batches)  # they still shared requests
+    assert {op.path for operations in fake.batches for op in operations} == {
+        "/api/data/v9.2/contoso_SmsDeliveryReport"
+    }
+
+
+async def test_an_own_api_that_does_not_exist_is_a_permanent_refusal(dataverse_world: DataverseWorld) -> None:
+    client = dataverse_world.client(channel_api_prefix="contoso")  # provisioning never created it
+    try:
+        with pytest.raises(DataversePermanentError):
+            await client.notify(notification("nowhere"))
+    finally:
+        await client.aclose()
+    assert dataverse_world.dataverse.notifications == []

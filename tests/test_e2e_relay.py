@@ -155,6 +155,38 @@ def test_a_report_after_a_retried_attempt_names_the_latest_attempt_once(
     ]
 
 
+def test_relays_through_the_channels_own_custom_apis(
+    app_env: dict[str, str],
+    fake_twilio: FakeHttpServer,
+    twilio_token: str,
+    dataverse_world: DataverseWorld,
+    relay_queues: RelayQueues,
+) -> None:
+    """DATAVERSE_CHANNEL_API_PREFIX=contoso: the delivery report and the reply go to the channel's own
+    custom APIs, whose plug-ins pass the payloads on to Journeys' actions unchanged."""
+    fake = dataverse_world.dataverse
+    fake.channel_apis = {
+        "contoso_SmsDeliveryReport": "msdyn_D365ChannelsNotification",
+        "contoso_SmsInbound": "msdyn_D365ChannelsInbound",
+    }
+    definition = uuid.uuid4()
+    fake.channel_instances[OUR_NUMBER] = str(definition)
+    with local_host({**app_env, "DATAVERSE_CHANNEL_API_PREFIX": "contoso"}) as base, client(base) as http:
+        sent = http.post("/api/outbound", json=payload_json(definition, "own-apis")).json()
+        callback = {"MessageSid": sent["MessageId"], "MessageStatus": "delivered", "AccountSid": ACCOUNT_SID}
+        post_signed(http, fake_twilio.requests[-1].form()["StatusCallback"], callback, twilio_token)
+        reply = {"MessageSid": "SM" + uuid.uuid4().hex, "AccountSid": ACCOUNT_SID, "From": CUSTOMER}
+        reply |= {"To": OUR_NUMBER, "Body": "Thanks", "NumMedia": "0"}
+        post_signed(http, f"{PUBLIC}/api/providers/twilio/inbound", reply, twilio_token)
+        wait_for(lambda: len(fake.relayed_via) == 2)
+        wait_for(lambda: relay_queues.count(relay_queues.jobs) == 0)
+
+    assert sorted(fake.relayed_via) == ["contoso_SmsDeliveryReport", "contoso_SmsInbound"]
+    [notification] = fake.notification_payloads()
+    assert (notification["RequestId"], notification["Status"]) == ("own-apis", "Delivered")
+    assert fake.inbound_payloads()[0]["Message"] == {"text": "Thanks"}
+
+
 def test_inbound_reply_reaches_dataverse(
     app_env: dict[str, str], twilio_token: str, dataverse_world: DataverseWorld
 ) -> None:

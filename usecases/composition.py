@@ -110,6 +110,7 @@ class Services:
                     settings.dry_run_file,
                     organization_id=settings.organization_id,
                     channel_definitions=settings.channel_definitions,
+                    apis=settings.channel_apis,
                 )
             else:
                 tokens = MsalTokenProvider(load(IdentitySettings), settings.base_url)

@@ -83,6 +83,7 @@ class ObservedDataverse:
     def __init__(self, inner: DataverseGateway) -> None:
         self._inner = inner
         self.mode = inner.mode
+        self.apis = inner.apis
 
     async def notify(self, payload: NotificationPayload) -> None:
         # the relay span and its log lines learn the RequestId
@@ -94,7 +95,7 @@ class ObservedDataverse:
         )
         with telemetry.span(
             "Dataverse notification",
-            Api="msdyn_D365ChannelsNotification",
+            Api=self.apis.notification,
             Mode=self.mode,
             RequestId=payload.request_id,
             ChannelDefinitionId=payload.channel_definition_id,
@@ -109,7 +110,7 @@ class ObservedDataverse:
         telemetry.annotate(ChannelDefinitionId=payload.channel_definition_id)
         with telemetry.span(
             "Dataverse inbound",
-            Api="msdyn_D365ChannelsInbound",
+            Api=self.apis.inbound,
             Mode=self.mode,
             ChannelDefinitionId=payload.channel_definition_id,
         ):

@@ -229,6 +229,13 @@ class _BadBatch(Exception):
     pass
 
 
+#: Journeys' base actions and their one parameter.
+BASE_ACTIONS = {
+    "msdyn_D365ChannelsNotification": "notificationPayLoad",
+    "msdyn_D365ChannelsInbound": "inboundPayLoad",
+}
+
+
 @dataclass
 class FakeDataverse:
     entra: FakeEntra
@@ -249,8 +256,13 @@ class FakeDataverse:
     limits: ServiceProtection | None = None
     #: Whether a $batch answer repeats each part's Content-ID (Dataverse does in change sets).
     echo_content_id: bool = True
+    #: The channel's own custom APIs (provisioning's <prefix>_SmsDeliveryReport / _SmsInbound): name ->
+    #: the base action their main-operation plug-in executes with the payload unchanged.
+    channel_apis: dict[str, str] = field(default_factory=dict)
     notifications: list[dict[str, Any]] = field(default_factory=list)
     inbound: list[dict[str, Any]] = field(default_factory=list)
+    #: The action each notification or inbound message was relayed through, in order.
+    relayed_via: list[str] = field(default_factory=list)
     calls: list[tuple[float, Recorded]] = field(default_factory=list)
     #: Operations of every $batch run, by batch.
     batches: list[list[Recorded]] = field(default_factory=list)
@@ -296,13 +308,24 @@ class FakeDataverse:
 
     def _operation(self, request: Recorded) -> Reply:
         name = request.path.removeprefix(API)
-        if name == "msdyn_D365ChannelsNotification" and request.method == "POST":
+        action = self.channel_apis.get(name, name)
+        if action in BASE_ACTIONS and request.method == "POST":
+            body = request.json()
+            parameter = BASE_ACTIONS[action]
+            if set(body) != {parameter} or not isinstance(body[parameter], str):
+                return Reply(
+                    400,
+                    {
+                        "error": {
+                            "code": "0x80048d19",
+                            "message": f"{name} takes one string parameter, {parameter}",
+                        }
+                    },
+                )
             with self._lock:
-                self.notifications.append(request.json())
-            return Reply(200, {"@odata.context": "$metadata#...", "responseMessage": "ok"})
-        if name == "msdyn_D365ChannelsInbound" and request.method == "POST":
-            with self._lock:
-                self.inbound.append(request.json())
+                kept = self.notifications if action == "msdyn_D365ChannelsNotification" else self.inbound
+                kept.append(body)  # the plug-in passes the payload on unchanged
+                self.relayed_via.append(name)
             return Reply(200, {"@odata.context": "$metadata#...", "responseMessage": "ok"})
         if name == "WhoAmI":
             return Reply(
