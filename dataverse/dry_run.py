@@ -1,7 +1,8 @@
 """Dry run: with DATAVERSE_URL unset, relays are logged and appended to a JSON Lines file.
 
 Each line is ``{"at": …, "api": "msdyn_D365ChannelsNotification", "body": {"notificationPayLoad": "…"}}``
-(the channel's own API where DATAVERSE_CHANNEL_API_PREFIX names it), exactly the body the real call would post (``DATAVERSE_DRY_RUN_FILE``, default
+(the channel's own API where DATAVERSE_CHANNEL_API_PREFIX names it), exactly the body the real call
+would post (``DATAVERSE_DRY_RUN_FILE``, default
 ``dataverse-dry-run.jsonl`` in the app's folder).
 """
 
