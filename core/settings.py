@@ -134,18 +134,7 @@ class AppSettings(BaseSettings):
     @field_validator("sender_routes", mode="before")
     @classmethod
     def _routes(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        routes: dict[str, tuple[str, str | None]] = {}
-        for item in value.split(","):
-            if not item.strip():
-                continue
-            sender, sep, target = item.partition("=")
-            provider, _, account = target.strip().partition(":")
-            if not sep or not sender.strip() or not provider:
-                raise ValueError("expected sender=provider[:account] pairs separated by commas")
-            routes[sender_key(sender)] = (provider.lower(), account.strip().lower() or None)
-        return routes
+        return parse_sender_routes(value) if isinstance(value, str) else value
 
     @field_validator("default_region")
     @classmethod
@@ -269,6 +258,20 @@ def storage_location_from_environ(setting: str, environ: Mapping[str, str] | Non
         credential=get("__credential"),
         client_id=get("__clientId"),
     )
+
+
+def parse_sender_routes(value: str) -> dict[str, tuple[str, str | None]]:
+    """SENDER_ROUTES ``sender=provider[:account],…`` -> sender key -> (provider, account or None)."""
+    routes: dict[str, tuple[str, str | None]] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        sender, sep, target = item.partition("=")
+        provider, _, account = target.strip().partition(":")
+        if not sep or not sender.strip() or not provider:
+            raise ValueError("expected sender=provider[:account] pairs separated by commas")
+        routes[sender_key(sender)] = (provider.lower(), account.strip().lower() or None)
+    return routes
 
 
 def sender_key(sender: str) -> str:

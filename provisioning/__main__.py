@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from provisioning.commands import Console, run
 from provisioning.options import (
+    ACCOUNT_ROLES,
     COMMANDS,
     DEFAULT_MAX_LENGTH,
     DEFAULT_PLUGIN_TYPE,
@@ -81,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROLE",
         help="role that gets Read on the sender table; repeatable (default: "
         + "; ".join(JOURNEYS_ROLES)
+        + ")",
+    )
+    common.add_argument(
+        "--account-role",
+        dest="account_roles",
+        action="append",
+        metavar="ROLE",
+        help="role that gets Read on the account table; repeatable (default: "
+        + "; ".join(ACCOUNT_ROLES)
         + ")",
     )
     parser = _Parser(

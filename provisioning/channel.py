@@ -1,5 +1,6 @@
-"""The channel side: the sender configuration table with its main form, the relationship that lets
-channel instances point to it, Read on it for Journeys, the channel definition and its message part.
+"""The channel side: the sender and account configuration tables, each with its main form, the
+relationship that lets channel instances (accounts) point to it and Read on it for Journeys; the SMS
+channel definition and its one message part.
 """
 
 from __future__ import annotations
@@ -14,27 +15,29 @@ from provisioning.base import (
     EXTENDED_ENTITY_LOOKUP,
     MAIN_FORM,
     PLAIN_TEXT,
-    SENDER_COLUMNS,
     TEXT_BOX,
     Component,
     Context,
+    ExtensionTable,
     Names,
-    SenderColumn,
+    TableColumn,
     bind,
     label,
 )
 from provisioning.plan import Change, Finding, differences
 from provisioning.webapi import WebApiError, literal
 
-# -- the sender configuration table, its form, the relationship, Read for Journeys -----------------
+# -- the extended configuration tables, their forms, their relationships, Read for Journeys ---------
 
 
-def string_attribute(names: Names, column: SenderColumn, language: int, *, primary: bool) -> dict[str, Any]:
+def string_attribute(
+    table: ExtensionTable, column: TableColumn, language: int, *, primary: bool
+) -> dict[str, Any]:
     return {
         "@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata",
         "AttributeType": "String",
         "AttributeTypeName": {"Value": "StringType"},
-        "SchemaName": f"{names.prefix}_{column.name.capitalize()}",
+        "SchemaName": f"{table.prefix}_{column.name.capitalize()}",
         "DisplayName": label(column.display, language),
         "Description": label(column.description, language),
         "RequiredLevel": {
@@ -48,59 +51,60 @@ def string_attribute(names: Names, column: SenderColumn, language: int, *, prima
     }
 
 
-class SenderTable(Component):
-    key = "table"
+class ConfigTable(Component):
+    """The sender or account configuration table."""
+
+    def __init__(self, table: ExtensionTable) -> None:
+        self.table = table
+        self.key = f"{table.key}:table"
 
     def label(self, names: Names) -> str:
-        return f"table {names.table} (sender configuration)"
+        return f"table {self.table.logical} ({self.table.key} configuration)"
 
     async def locate(self, ctx: Context) -> dict[str, Any] | None:
         row = await ctx.api.find(
-            f"EntityDefinitions(LogicalName={literal(ctx.names.table)})",
+            f"EntityDefinitions(LogicalName={literal(self.table.logical)})",
             select=["MetadataId", "LogicalName", "SchemaName", "EntitySetName", "PrimaryNameAttribute"],
             expand="Attributes($select=LogicalName,AttributeType)",
         )
         return ctx.found(self.key, row, "MetadataId")
 
     def compare(self, ctx: Context, row: dict[str, Any] | None) -> Finding:
-        names = ctx.names
-        primary, *others = SENDER_COLUMNS
+        table = self.table
+        primary, *others = table.columns
         if row is None:
 
             async def create() -> None:
                 body = {
                     "@odata.type": "Microsoft.Dynamics.CRM.EntityMetadata",
-                    "SchemaName": names.table_schema,
-                    "DisplayName": label("SMS sender", ctx.language),
-                    "DisplayCollectionName": label("SMS senders", ctx.language),
-                    "Description": label(
-                        "Sender configuration of the custom SMS channel (one row per channel instance)",
-                        ctx.language,
-                    ),
+                    "SchemaName": table.schema,
+                    "DisplayName": label(table.display, ctx.language),
+                    "DisplayCollectionName": label(table.display_plural, ctx.language),
+                    "Description": label(table.description, ctx.language),
                     "OwnershipType": "UserOwned",
                     "HasActivities": False,
                     "HasNotes": False,
                     "IsActivity": False,
-                    "Attributes": [string_attribute(names, primary, ctx.language, primary=True)],
+                    "Attributes": [string_attribute(table, primary, ctx.language, primary=True)],
                 }
                 ctx.ids[self.key] = await ctx.api.create("EntityDefinitions", body)
                 ctx.unpublished = True
                 for column in others:
                     await self._add(ctx, column)
 
-            columns = ", ".join(names.column(c) for c in SENDER_COLUMNS)
+            columns = ", ".join(table.column(c) for c in table.columns)
             return self.finding(ctx, Change.CREATE, f"columns {columns}", action=create)
         attributes = {a.get("LogicalName"): a.get("AttributeType") for a in row.get("Attributes") or []}
-        if row.get("PrimaryNameAttribute") != names.column(primary):
+        if row.get("PrimaryNameAttribute") != table.column(primary):
             return self.finding(
                 ctx, Change.BLOCKED, f"its primary name column is {row.get('PrimaryNameAttribute')!r}"
             )
         wrong = [
-            names.column(c) for c in SENDER_COLUMNS if attributes.get(names.column(c), "String") != "String"
+            table.column(c) for c in table.columns if attributes.get(table.column(c), "String") != "String"
         ]
         if wrong:
             return self.finding(ctx, Change.BLOCKED, *(f"column {w} is not a text column" for w in wrong))
-        missing = [c for c in others if names.column(c) not in attributes]
+        missing = [c for c in others if table.column(c) not in attributes]
         if not missing:
             return self.finding(ctx, Change.OK)
 
@@ -109,13 +113,13 @@ class SenderTable(Component):
                 await self._add(ctx, column)
 
         return self.finding(
-            ctx, Change.UPDATE, *(f"add column {names.column(c)}" for c in missing), action=add
+            ctx, Change.UPDATE, *(f"add column {table.column(c)}" for c in missing), action=add
         )
 
-    async def _add(self, ctx: Context, column: SenderColumn) -> None:
+    async def _add(self, ctx: Context, column: TableColumn) -> None:
         await ctx.api.create(
-            f"EntityDefinitions(LogicalName={literal(ctx.names.table)})/Attributes",
-            string_attribute(ctx.names, column, ctx.language, primary=False),
+            f"EntityDefinitions(LogicalName={literal(self.table.logical)})/Attributes",
+            string_attribute(self.table, column, ctx.language, primary=False),
         )
         ctx.unpublished = True
 
@@ -124,23 +128,23 @@ class SenderTable(Component):
         return self.finding(ctx, Change.DELETE, "with its form, its rows and its privileges")
 
 
-def main_form_xml(names: Names, language: int) -> str:
+def main_form_xml(table: ExtensionTable, names: Names, language: int) -> str:
     def part(name: str) -> str:
-        return quoteattr("{" + names.derived_id(f"form/{name}") + "}")
+        return quoteattr("{" + names.derived_id(f"form/{table.key}/{name}") + "}")
 
     rows = "".join(
         f'<row><cell id={part(column.name)} showlabel="true"><labels>'
         f'<label description={quoteattr(column.display)} languagecode="{language}" /></labels>'
-        f'<control id={quoteattr(names.column(column))} classid="{TEXT_BOX}" '
-        f'datafieldname={quoteattr(names.column(column))} disabled="false" /></cell></row>'
-        for column in SENDER_COLUMNS
+        f'<control id={quoteattr(table.column(column))} classid="{TEXT_BOX}" '
+        f'datafieldname={quoteattr(table.column(column))} disabled="false" /></cell></row>'
+        for column in table.form_columns
     )
     return (
         f'<form><tabs><tab name="general" id={part("tab")} IsUserDefined="0" verticallayout="true" '
         f'expanded="true" showlabel="false"><labels><label description="General" '
         f'languagecode="{language}" /></labels><columns><column width="100%"><sections>'
-        f'<section name="sender" id={part("section")} showlabel="false" showbar="false" '
-        f'columns="1" IsUserDefined="0"><labels><label description="Sender" '
+        f'<section name="{table.key}" id={part("section")} showlabel="false" showbar="false" '
+        f'columns="1" IsUserDefined="0"><labels><label description={quoteattr(table.display)} '
         f'languagecode="{language}" /></labels><rows>{rows}</rows></section></sections></column>'
         f"</columns></tab></tabs></form>"
     )
@@ -159,45 +163,51 @@ def form_fields(formxml: Any) -> set[str]:
 
 
 class MainForm(Component):
-    key = "form"
+    """The table's main form: Journeys loads it (its id is in the channel definition)."""
+
+    def __init__(self, table: ExtensionTable) -> None:
+        self.table = table
+        self.key = f"{table.key}:form"
 
     def label(self, names: Names) -> str:
-        return f"main form {names.form!r} of {names.table}"
+        return f"main form {self.table.form!r} of {self.table.logical}"
 
     async def locate(self, ctx: Context) -> dict[str, Any] | None:
         row = None
-        if "table" in ctx.ids:
+        if f"{self.table.key}:table" in ctx.ids:
             row = await ctx.api.first(
                 "systemforms",
                 select=["formid", "name", "type", "formxml"],
-                filter=f"objecttypecode eq {literal(ctx.names.table)} and type eq {MAIN_FORM} "
-                f"and name eq {literal(ctx.names.form)}",
+                filter=f"objecttypecode eq {literal(self.table.logical)} and type eq {MAIN_FORM} "
+                f"and name eq {literal(self.table.form)}",
             )
         return ctx.found(self.key, row, "formid")
 
     def compare(self, ctx: Context, row: dict[str, Any] | None) -> Finding:
-        names = ctx.names
+        table = self.table
         if row is None:
 
             async def create() -> None:
                 body = {
-                    "name": names.form,
-                    "description": "Sender settings, shown when a sender is added in Journeys",
-                    "objecttypecode": names.table,
+                    "name": table.form,
+                    "description": table.form_description,
+                    "objecttypecode": table.logical,
                     "type": MAIN_FORM,
-                    "formxml": main_form_xml(names, ctx.language),
+                    "formxml": main_form_xml(table, ctx.names, ctx.language),
                 }
                 ctx.ids[self.key] = await ctx.api.create("systemforms", body)
                 ctx.unpublished = True
 
             return self.finding(ctx, Change.CREATE, action=create)
-        missing = sorted({names.column(c) for c in SENDER_COLUMNS} - form_fields(row.get("formxml")))
+        missing = sorted({table.column(c) for c in table.form_columns} - form_fields(row.get("formxml")))
         if not missing:
             return self.finding(ctx, Change.OK)
         form_id = ctx.ids[self.key]
 
         async def update() -> None:
-            await ctx.api.update(f"systemforms({form_id})", {"formxml": main_form_xml(names, ctx.language)})
+            await ctx.api.update(
+                f"systemforms({form_id})", {"formxml": main_form_xml(table, ctx.names, ctx.language)}
+            )
             ctx.unpublished = True
 
         return self.finding(ctx, Change.UPDATE, *(f"field {m} missing" for m in missing), action=update)
@@ -207,46 +217,54 @@ class MainForm(Component):
 
 
 class ExtendedEntityRelationship(Component):
-    """msdyn_channelinstance.msdyn_extendedentityid (a multi-table lookup) -> the sender table."""
+    """<base record>.msdyn_extendedentityid (a multi-table lookup) -> the configuration table."""
 
-    key = "relationship"
+    def __init__(self, table: ExtensionTable) -> None:
+        self.table = table
+        self.key = f"{table.key}:relationship"
 
     def label(self, names: Names) -> str:
-        return f"relationship {names.relationship}"
+        return f"relationship {self.table.relationship}"
 
     async def locate(self, ctx: Context) -> dict[str, Any] | None:
         row = None
-        if "table" in ctx.ids:
+        if f"{self.table.key}:table" in ctx.ids:
             row = await ctx.api.first(
-                f"EntityDefinitions(LogicalName={literal(CHANNEL_INSTANCE)})/ManyToOneRelationships",
+                f"EntityDefinitions(LogicalName={literal(self.table.base_entity)})/ManyToOneRelationships",
                 select=[
                     "MetadataId",
                     "SchemaName",
                     "ReferencingAttribute",
                     "ReferencingEntityNavigationPropertyName",
                 ],
-                filter=f"ReferencedEntity eq {literal(ctx.names.table)} "
+                filter=f"ReferencedEntity eq {literal(self.table.logical)} "
                 f"and ReferencingAttribute eq {literal(EXTENDED_ENTITY_LOOKUP)}",
             )
         return ctx.found(self.key, row, "MetadataId")
 
     def compare(self, ctx: Context, row: dict[str, Any] | None) -> Finding:
-        names = ctx.names
+        table = self.table
         if row is not None:
             nav = row.get("ReferencingEntityNavigationPropertyName")
+            if nav == table.navigation_property:
+                return self.finding(ctx, Change.OK)
+            # Journeys binds msdyn_extendedentityid_<table>: another name fails its wizard
             return self.finding(
-                ctx, Change.OK, *(() if nav == names.navigation_property else (f"bind {nav}",))
+                ctx,
+                Change.BLOCKED,
+                f"its navigation property is {nav!r}, Journeys binds {table.navigation_property!r}",
+                "delete the relationship, then apply",
             )
 
         async def create() -> None:
             body = {
                 "@odata.type": "Microsoft.Dynamics.CRM.OneToManyRelationshipMetadata",
-                "SchemaName": names.relationship,
-                "ReferencedEntity": names.table,
-                "ReferencedAttribute": f"{names.table}id",
-                "ReferencingEntity": CHANNEL_INSTANCE,
-                "ReferencingEntityNavigationPropertyName": names.navigation_property,
-                "ReferencedEntityNavigationPropertyName": names.relationship,
+                "SchemaName": table.relationship,
+                "ReferencedEntity": table.logical,
+                "ReferencedAttribute": f"{table.logical}id",
+                "ReferencingEntity": table.base_entity,
+                "ReferencingEntityNavigationPropertyName": table.navigation_property,
+                "ReferencedEntityNavigationPropertyName": table.relationship,
                 "CascadeConfiguration": {
                     "Assign": "NoCascade",
                     "Delete": "RemoveLink",
@@ -269,9 +287,8 @@ class ExtendedEntityRelationship(Component):
             ctx.ids[self.key] = await ctx.api.create("RelationshipDefinitions", body)
             ctx.unpublished = True
 
-        return self.finding(
-            ctx, Change.CREATE, f"channel instances bind {names.navigation_property}", action=create
-        )
+        base = "channel instances" if table.base_entity == CHANNEL_INSTANCE else "channel instance accounts"
+        return self.finding(ctx, Change.CREATE, f"{base} bind {table.navigation_property}", action=create)
 
     async def delete(self, ctx: Context, row: dict[str, Any]) -> Finding:
         await ctx.api.delete(f"RelationshipDefinitions({ctx.ids[self.key]})")
@@ -279,14 +296,15 @@ class ExtendedEntityRelationship(Component):
 
 
 class RoleRead(Component):
-    """Read on the sender table, organization-wide, for a role the Journeys service uses."""
+    """Read on a configuration table, organization-wide, for a role the Journeys service uses."""
 
-    def __init__(self, role: str) -> None:
+    def __init__(self, table: ExtensionTable, role: str) -> None:
+        self.table = table
         self.role = role
-        self.key = f"role:{role}"
+        self.key = f"{table.key}:role:{role}"
 
     def label(self, names: Names) -> str:
-        return f"Read on {names.table} for role {self.role!r}"
+        return f"Read on {self.table.logical} for role {self.role!r}"
 
     async def locate(self, ctx: Context) -> dict[str, Any] | None:
         # the root business unit's role: its copies in child business units follow it
@@ -296,20 +314,21 @@ class RoleRead(Component):
             filter=f"name eq {literal(self.role)} and _parentroleid_value eq null",
         )
         ctx.found(self.key, role, "roleid")
-        if role is None or "table" not in ctx.ids:
-            ctx.found("privilege", None, "privilegeid")
+        privilege_key = f"{self.key}:privilege"
+        if role is None or f"{self.table.key}:table" not in ctx.ids:
+            ctx.found(privilege_key, None, "privilegeid")
             return role
         privilege = await ctx.api.first(
             "privileges",
             select=["privilegeid", "name"],
-            filter=f"name eq {literal(ctx.names.read_privilege)}",
+            filter=f"name eq {literal(self.table.read_privilege)}",
         )
-        ctx.found("privilege", privilege, "privilegeid")
+        ctx.found(privilege_key, privilege, "privilegeid")
         role["granted"] = False
         if privilege is not None:
             held = await ctx.api.get(f"RetrieveRolePrivilegesRole(RoleId={role['roleid']})")
             role["granted"] = any(
-                str(p.get("PrivilegeId")).lower() == ctx.ids["privilege"] and p.get("Depth") == "Global"
+                str(p.get("PrivilegeId")).lower() == ctx.ids[privilege_key] and p.get("Depth") == "Global"
                 for p in held.get("RolePrivileges") or []
             )
         return role
@@ -321,14 +340,15 @@ class RoleRead(Component):
             return self.finding(ctx, Change.OK)
         role_id = ctx.ids[self.key]
         business_unit = row.get("_businessunitid_value")
+        read_privilege = self.table.read_privilege
 
         async def grant() -> None:
             privilege = await ctx.api.first(
-                "privileges", select=["privilegeid"], filter=f"name eq {literal(ctx.names.read_privilege)}"
+                "privileges", select=["privilegeid"], filter=f"name eq {literal(read_privilege)}"
             )
             if privilege is None:
                 raise WebApiError(
-                    f"privilege {ctx.names.read_privilege} not found (Dataverse creates it with the table)"
+                    f"privilege {read_privilege} not found (Dataverse creates it with the table)"
                 )
             body = {
                 "Privileges": [
@@ -368,6 +388,9 @@ class ChannelDefinition(Component):
         "msdyn_specialconsentrequired",
         "msdyn_channeldefinitionexternalentity",
         "msdyn_channeldefinitionexternalformid",
+        "msdyn_channeldefinitionaccountexternalentity",
+        "msdyn_channeldefinitionaccountexternalformid",
+        "msdyn_messageformid",
     )
 
     def label(self, names: Names) -> str:
@@ -375,20 +398,25 @@ class ChannelDefinition(Component):
 
     def body(self, ctx: Context) -> dict[str, Any]:
         names = ctx.names
+        pending = "(the form created above)"
         return {
             "msdyn_name": ctx.want.channel_name,
             "msdyn_displayname": ctx.want.channel_name,
             "msdyn_description": CHANNEL_DESCRIPTION,
-            "msdyn_channeltype": "Custom",
+            # an SMS channel: Journeys' SMS editor, its "Add SMS number" wizard with the account
+            # step, and inbound messages (Microsoft's table of what each channel type needs)
+            "msdyn_channeltype": "SMS",
             "msdyn_outboundendpointurltemplate": f"/{names.api}",
             "msdyn_hasinbound": True,
             "msdyn_hasdeliveryreceipt": True,
-            "msdyn_supportsaccount": False,
+            "msdyn_supportsaccount": True,
             "msdyn_supportsattachment": False,
             "msdyn_supportsbinary": False,
             "msdyn_specialconsentrequired": False,
-            "msdyn_channeldefinitionexternalentity": names.table,
-            "msdyn_channeldefinitionexternalformid": ctx.ids.get("form", "(the form created above)"),
+            "msdyn_channeldefinitionexternalentity": names.sender.logical,
+            "msdyn_channeldefinitionexternalformid": ctx.ids.get("sender:form", pending),
+            "msdyn_channeldefinitionaccountexternalentity": names.account.logical,
+            "msdyn_channeldefinitionaccountexternalformid": ctx.ids.get("account:form", pending),
         }
 
     async def locate(self, ctx: Context) -> dict[str, Any] | None:
@@ -396,6 +424,13 @@ class ChannelDefinition(Component):
             f"msdyn_channeldefinitions({ctx.names.channel_definition_id})",
             select=["msdyn_channeldefinitionid", *self.COLUMNS],
         )
+        if row is not None:
+            senders = await ctx.api.list(
+                "msdyn_channelinstances",
+                select=["msdyn_channelinstanceid"],
+                filter=f"_msdyn_channeldefinitionid_value eq {ctx.names.channel_definition_id}",
+            )
+            row["senders"] = len(senders)
         return ctx.found(self.key, row, "msdyn_channeldefinitionid")
 
     def compare(self, ctx: Context, row: dict[str, Any] | None) -> Finding:
@@ -405,10 +440,17 @@ class ChannelDefinition(Component):
                 body = {"msdyn_channeldefinitionid": ctx.names.channel_definition_id, **self.body(ctx)}
                 ctx.ids[self.key] = await ctx.api.create("msdyn_channeldefinitions", body)
 
-            return self.finding(ctx, Change.CREATE, f"{ctx.want.channel_name!r}, Custom", action=create)
-        changed, notes = differences(row, self.body(ctx))
+            return self.finding(ctx, Change.CREATE, f"{ctx.want.channel_name!r}, SMS", action=create)
+        # no message form: SMS channels use Journeys' own SMS editor
+        changed, notes = differences(row, self.body(ctx) | {"msdyn_messageformid": None})
         if not changed:
             return self.finding(ctx, Change.OK)
+        if row.get("msdyn_channeltype") == "Custom":
+            notes = (
+                "provisioned by an earlier version as a Custom channel: apply makes it an SMS channel in "
+                f"place, keeping its id and its {row.get('senders', 0)} sender(s)",
+                *notes,
+            )
 
         async def update() -> None:
             await ctx.api.update(f"msdyn_channeldefinitions({ctx.ids[self.key]})", changed)
@@ -417,18 +459,18 @@ class ChannelDefinition(Component):
 
     async def delete(self, ctx: Context, row: dict[str, Any]) -> Finding:
         definition = ctx.ids[self.key]
-        senders = await ctx.api.list(
-            "msdyn_channelinstances",
-            select=["msdyn_channelinstanceid"],
-            filter=f"_msdyn_channeldefinitionid_value eq {definition}",
-        )
         await ctx.api.delete(f"msdyn_channeldefinitions({definition})")
-        note = f"Dataverse also deleted its {len(senders)} sender(s)" if senders else "it had no senders"
+        senders = row.get("senders", 0)
+        note = f"Dataverse also deleted its {senders} sender(s)" if senders else "it had no senders"
         return self.finding(ctx, Change.DELETE, note)
 
 
 class MessagePart(Component):
     key = "part"
+
+    def __init__(self) -> None:
+        #: Parts of another name on the definition: an SMS channel has only "text".
+        self.others: list[dict[str, Any]] = []
 
     def label(self, names: Names) -> str:
         return "message part text"
@@ -445,13 +487,16 @@ class MessagePart(Component):
 
     async def locate(self, ctx: Context) -> dict[str, Any] | None:
         row = None
+        self.others = []
         if "definition" in ctx.ids:
-            row = await ctx.api.first(
+            parts = await ctx.api.list(
                 "msdyn_channelmessageparts",
                 select=["msdyn_channelmessagepartid", *self.body_columns()],
-                filter=f"_msdyn_channeldefinitionid_value eq {ctx.ids['definition']} "
-                "and msdyn_name eq 'text'",
+                filter=f"_msdyn_channeldefinitionid_value eq {ctx.ids['definition']}",
             )
+            row = next((p for p in parts if p.get("msdyn_name") == "text"), None)
+            # an SMS channel has exactly one part, "text" (Microsoft's table)
+            self.others = [p for p in parts if p is not row]
         return ctx.found(self.key, row, "msdyn_channelmessagepartid")
 
     @staticmethod
@@ -466,6 +511,8 @@ class MessagePart(Component):
         ]
 
     def compare(self, ctx: Context, row: dict[str, Any] | None) -> Finding:
+        others = self.others
+        removals = tuple(f"remove part {p.get('msdyn_name')!r}: an SMS channel has only text" for p in others)
         if row is None:
 
             async def create() -> None:
@@ -475,17 +522,27 @@ class MessagePart(Component):
                     )
                 }
                 ctx.ids[self.key] = await ctx.api.create("msdyn_channelmessageparts", self.body(ctx) | link)
+                await self._remove(ctx, others)
 
             details = f"plain text, required, at most {ctx.want.max_length} characters"
-            return self.finding(ctx, Change.CREATE, details, action=create)
+            return self.finding(ctx, Change.CREATE, details, *removals, action=create)
         changed, notes = differences(row, self.body(ctx))
-        if not changed:
+        notes += removals
+        if not changed and not others:
             return self.finding(ctx, Change.OK)
+        part_id = ctx.ids[self.key]
 
         async def update() -> None:
-            await ctx.api.update(f"msdyn_channelmessageparts({ctx.ids[self.key]})", changed)
+            if changed:
+                await ctx.api.update(f"msdyn_channelmessageparts({part_id})", changed)
+            await self._remove(ctx, others)
 
         return self.finding(ctx, Change.UPDATE, *notes, action=update)
+
+    @staticmethod
+    async def _remove(ctx: Context, parts: list[dict[str, Any]]) -> None:
+        for part in parts:
+            await ctx.api.delete(f"msdyn_channelmessageparts({part['msdyn_channelmessagepartid']})")
 
     async def delete(self, ctx: Context, row: dict[str, Any]) -> Finding:
         await ctx.api.delete(f"msdyn_channelmessageparts({ctx.ids[self.key]})")

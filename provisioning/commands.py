@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import uuid
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 from pydantic import ValidationError
@@ -17,7 +17,6 @@ from pydantic import ValidationError
 from contracts import ChannelStatus, MarketingAppContext, OutboundPayload, OutboundResponse
 from dataverse.auth import MsalTokenProvider
 from provisioning.components import (
-    CHANNEL_INSTANCE,
     Component,
     Context,
     Desired,
@@ -26,7 +25,7 @@ from provisioning.components import (
     RoleRead,
     components,
 )
-from provisioning.options import Connection, Options
+from provisioning.options import Connection, Options, load_app_routes
 from provisioning.plan import Change, Finding
 from provisioning.webapi import API_PATH, InputError, WebApi, literal
 
@@ -73,6 +72,7 @@ async def run(
         assembly=options.assembly_name,
         plugin_type=options.plugin_type,
         roles=options.roles,
+        account_roles=options.account_roles,
     )
     desired = None
     if options.command != "remove":
@@ -89,7 +89,7 @@ async def run(
         await _preflight(ctx, options, console)
         if options.command == "remove":
             return await _remove(ctx, console)
-        return await _converge(ctx, options, console)
+        return await _converge(ctx, options, connection, console)
     finally:
         await api.aclose()
 
@@ -133,7 +133,7 @@ async def _preflight(ctx: Context, options: Options, console: Console) -> None:
     console.out(f"{options.command} {ctx.names.solution} (prefix {ctx.names.prefix}) in {api.base_url}")
 
 
-async def _converge(ctx: Context, options: Options, console: Console) -> int:
+async def _converge(ctx: Context, options: Options, connection: Connection, console: Console) -> int:
     command = options.command
     findings: list[tuple[Component, Finding]] = []
     for component in components(ctx.names):
@@ -151,23 +151,28 @@ async def _converge(ctx: Context, options: Options, console: Console) -> int:
             console.out(finding.line(done=True))
         else:
             console.out(finding.line(verify=command == "verify"))
-        if isinstance(component, ExtendedEntityRelationship):
+        if (
+            isinstance(component, ExtendedEntityRelationship)
+            and component.table.key == ctx.names.tables[-1].key
+        ):
             await _publish(ctx, command, findings, console)
 
-    roles = [f for c, f in findings if isinstance(c, RoleRead)]
-    if roles and all(f.change is Change.SKIP for f in roles):
-        missing_roles = Finding(
-            f"Read on {ctx.names.table} for Journeys",
-            Change.BLOCKED,
-            (
-                "none of the roles " + ", ".join(repr(r) for r in ctx.names.roles) + " exists here; "
-                "grant it by hand, or name the role with --journeys-role",
-            ),
-        )
-        findings.append((RoleRead(""), missing_roles))
-        console.out(missing_roles.line(verify=command == "verify"))
+    for table, flag in zip(ctx.names.tables, ("--journeys-role", "--account-role"), strict=True):
+        roles = [f for c, f in findings if isinstance(c, RoleRead) and c.table.key == table.key]
+        if roles and all(f.change is Change.SKIP for f in roles):
+            missing_roles = Finding(
+                f"Read on {table.logical} for Journeys",
+                Change.BLOCKED,
+                (
+                    "none of the roles " + ", ".join(repr(r) for r in table.roles) + " exists here; "
+                    f"grant it by hand, or name the role with {flag}",
+                ),
+            )
+            findings.append((RoleRead(table, ""), missing_roles))
+            console.out(missing_roles.line(verify=command == "verify"))
 
     await _print_channel_definition(ctx, command, console)
+    unroutable = await _print_senders(ctx, console) if command == "verify" else []
     counts = _counts([f for _, f in findings])
     if command == "plan":
         console.out(f"Plan: {counts}. Nothing was changed.")
@@ -189,6 +194,14 @@ async def _converge(ctx: Context, options: Options, console: Console) -> int:
         )
         return 1
     console.out("Verified: every component is in place.")
+    if unroutable:
+        console.err(
+            f"verify: the app has no route for {len(unroutable)} sender(s): {', '.join(unroutable)}; their "
+            "sends are answered NotSent (InvalidSender): add them to the app's SENDER_ROUTES"
+        )
+        return 1
+    if not await _check_relay_path(ctx, connection, console):
+        return 1
     if options.send_test is not None:
         return await _send_test(ctx, options, console)
     return 0
@@ -197,17 +210,18 @@ async def _converge(ctx: Context, options: Options, console: Console) -> int:
 async def _publish(
     ctx: Context, command: str, findings: list[tuple[Component, Finding]], console: Console
 ) -> None:
-    """Forms and relationships take effect once published (the sender form is what Journeys shows)."""
-    label = f"customizations of {ctx.names.table} and {CHANNEL_INSTANCE}"
+    """Forms and relationships take effect once published (the forms are what Journeys shows)."""
+    entities = [name for table in ctx.names.tables for name in (table.logical, table.base_entity)]
+    label = "customizations of " + ", ".join(entities)
     if command == "apply" and ctx.unpublished:
-        xml = f"<entity>{ctx.names.table}</entity><entity>{CHANNEL_INSTANCE}</entity>"
+        xml = "".join(f"<entity>{name}</entity>" for name in entities)
         await ctx.api.action(
             "PublishXml", {"ParameterXml": f"<importexportxml><entities>{xml}</entities></importexportxml>"}
         )
         ctx.unpublished = False
         console.out(f"  + {label}: published")
     elif command == "plan" and any(
-        c.key in ("table", "form", "relationship") and f.change in (Change.CREATE, Change.UPDATE)
+        c.key.endswith((":table", ":form", ":relationship")) and f.change in (Change.CREATE, Change.UPDATE)
         for c, f in findings
     ):
         console.out(f"  + {label}: publish")
@@ -233,6 +247,103 @@ async def _print_channel_definition(ctx: Context, command: str, console: Console
             f"App setting (optional; one pair per sender, once senders are added in Journeys): "
             f"DATAVERSE_CHANNEL_DEFINITIONS=<sender number>={definition}"
         )
+    notification, inbound = (relay.unique_name for relay in ctx.names.relay_apis)
+    console.out(
+        f"App setting (optional; relays through {notification} and {inbound} instead of the msdyn_ "
+        f"actions): DATAVERSE_CHANNEL_API_PREFIX={ctx.names.prefix}"
+    )
+
+
+async def _print_senders(ctx: Context, console: Console) -> list[str]:
+    """Every SMS account and sender of the channel, and whether the app can send for each sender
+    (as its SENDER_ROUTES / SMS_PROVIDER, set where this runs, say). Returns the unroutable senders."""
+    if "definition" not in ctx.ids:
+        return []
+    definition = ctx.ids["definition"]
+    where = f"_msdyn_channeldefinitionid_value eq {definition}"
+    accounts = await ctx.api.list(
+        "msdyn_channelinstanceaccounts",
+        select=["msdyn_channelinstanceaccountid", "msdyn_name", "_msdyn_extendedentityid_value"],
+        filter=where,
+    )
+    senders = await ctx.api.list(
+        "msdyn_channelinstances",
+        select=["msdyn_name", "msdyn_contactpoint", "_msdyn_channelinstanceaccountid_value"],
+        filter=where,
+    )
+    table = ctx.names.account
+    settings: dict[str, dict[str, Any]] = {}
+    if "account:table" in ctx.ids:
+        rows = await ctx.api.list(
+            table.entity_set, select=[f"{table.logical}id", *(table.column(c) for c in table.columns[1:])]
+        )
+        settings = {str(r[f"{table.logical}id"]).lower(): r for r in rows}
+
+    def route_of(account: dict[str, Any]) -> str | None:
+        row = settings.get(str(account.get("_msdyn_extendedentityid_value")).lower())
+        if row is None or not row.get(f"{table.prefix}_provider"):
+            return None
+        provider, label = row[f"{table.prefix}_provider"], row.get(f"{table.prefix}_account")
+        return f"{provider}:{label}".lower() if label else str(provider).lower()
+
+    by_id = {str(a["msdyn_channelinstanceaccountid"]).lower(): a for a in accounts}
+    console.out(f"SMS accounts of this channel ({len(accounts)}):")
+    for account in accounts:
+        route = route_of(account)
+        shown = f"-> {route}" if route else "(no provider in its settings: open it in Journeys)"
+        console.out(f"  {'=' if route else '!'} {account.get('msdyn_name')!r} {shown}")
+    routes = load_app_routes()
+    console.out(f"SMS senders of this channel ({len(senders)}):")
+    unroutable = []
+    for sender in senders:
+        number = str(sender.get("msdyn_contactpoint"))
+        owner = by_id.get(str(sender.get("_msdyn_channelinstanceaccountid_value")).lower())
+        says = route_of(owner) if owner is not None else None
+        where_from = f"account {owner.get('msdyn_name')!r}" if owner is not None else "no account"
+        line = f"{number} {sender.get('msdyn_name')!r} ({where_from})"
+        if not routes.known:
+            console.out(
+                f"  ? {line}: set SENDER_ROUTES or SMS_PROVIDER as the app has them to check its route"
+            )
+            continue
+        route = routes.route_for(number)
+        if route is None:
+            unroutable.append(number)
+            console.out(f"  ! {line}: the app has no route for it")
+        elif says is not None and says != route:
+            console.out(f"  ~ {line}: the app sends it through {route}, its account says {says}")
+        else:
+            console.out(f"  = {line}: the app sends it through {route}")
+    return unroutable
+
+
+async def _check_relay_path(ctx: Context, connection: Connection, console: Console) -> bool:
+    """The way the app's relays reach Journeys, as DATAVERSE_CHANNEL_API_PREFIX says, is there."""
+    prefix = connection.dataverse.channel_api_prefix
+    apis = connection.dataverse.channel_apis
+    if prefix is not None:
+        if prefix != ctx.names.prefix:
+            console.err(
+                f"verify: DATAVERSE_CHANNEL_API_PREFIX is {prefix!r}: the app calls {apis.notification}, "
+                f"but this channel's APIs are {ctx.names.prefix}_…"
+            )
+            return False
+        console.out(f"Relays: through this channel's {apis.notification} and {apis.inbound} (in place).")
+        return True
+    missing = [
+        name
+        for name in (apis.notification, apis.inbound)
+        if await ctx.api.first("sdkmessages", select=["sdkmessageid"], filter=f"name eq {literal(name)}")
+        is None
+    ]
+    if missing:
+        console.err(
+            f"verify: Journeys' {' and '.join(missing)} not found in this environment; set "
+            f"DATAVERSE_CHANNEL_API_PREFIX={ctx.names.prefix} to relay through this channel's own APIs"
+        )
+        return False
+    console.out(f"Relays: directly to {apis.notification} and {apis.inbound} (found).")
+    return True
 
 
 def _counts(findings: list[Finding], *, done: bool = False) -> str:

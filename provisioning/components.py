@@ -1,7 +1,8 @@
 """The desired state: every component ``apply`` creates, in dependency order.
 
-:mod:`provisioning.outbound` holds the outbound chain (custom API, plug-in, step), :mod:`provisioning.channel`
-the channel side (sender table, form, relationship, Read for Journeys, channel definition, message part);
+:mod:`provisioning.outbound` holds the plug-in side (outbound custom API, plug-in assembly and types,
+step, the relay custom APIs), :mod:`provisioning.channel` the channel side (sender and account tables
+with their forms, relationships and Read for Journeys, the SMS channel definition, its message part);
 :mod:`provisioning.base` what they share.
 """
 
@@ -10,13 +11,13 @@ from __future__ import annotations
 from provisioning.base import CHANNEL_INSTANCE, Component, Context, Desired, Names
 from provisioning.channel import (
     ChannelDefinition,
+    ConfigTable,
     ExtendedEntityRelationship,
     MainForm,
     MessagePart,
     RoleRead,
-    SenderTable,
 )
-from provisioning.outbound import CustomApi, PluginAssembly, PluginType, SecureConfig, Step
+from provisioning.outbound import CustomApi, PluginAssembly, PluginType, RelayApi, SecureConfig, Step
 
 __all__ = [
     "CHANNEL_INSTANCE",
@@ -32,17 +33,19 @@ __all__ = [
 
 def components(names: Names) -> list[Component]:
     """Every component, in the order apply creates them (remove deletes in reverse)."""
+    tables = names.tables
     return [
         CustomApi(),
         PluginAssembly(),
         PluginType(),
         SecureConfig(),
         Step(),
-        SenderTable(),
-        MainForm(),
-        ExtendedEntityRelationship(),
+        *(PluginType(relay) for relay in names.relay_apis),
+        *(RelayApi(relay) for relay in names.relay_apis),
+        *(part for table in tables for part in (ConfigTable(table), MainForm(table))),
+        *(ExtendedEntityRelationship(table) for table in tables),
         ChannelDefinition(),
         MessagePart(),
         # last: granting may be refused (Microsoft's pages disagree on whether these roles can be edited)
-        *(RoleRead(role) for role in names.roles),
+        *(RoleRead(table, role) for table in tables for role in table.roles),
     ]

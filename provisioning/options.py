@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.settings import parse_sender_routes, sender_key
 from dataverse.settings import DataverseSettings, IdentitySettings
+from provisioning.base import ACCOUNT_ROLE, SENDER_ROLE
 from provisioning.webapi import InputError
 
 __all__ = [
+    "ACCOUNT_ROLES",
     "COMMANDS",
     "DEFAULT_PLUGIN_TYPE",
     "JOURNEYS_ROLES",
+    "AppRoutes",
     "Connection",
     "Options",
     "load_connection",
@@ -32,9 +36,11 @@ COMMANDS = ("plan", "apply", "verify", "remove")
 DEFAULT_PLUGIN_TYPE = "SmsChannel.Plugin.OutboundForwarder"
 #: The assembly `remove` looks for when --plugin is not given (the plug-in project's assembly name).
 DEFAULT_ASSEMBLY = "SmsChannel.Plugin"
-#: Roles Journeys reads the sender table with. Current docs name the first; a 2025 revision named
-#: the second. Both get Read where they exist (which one Journeys really uses: unverified).
-JOURNEYS_ROLES = ("Cxp Channel Definitions Services User", "Marketing Services User Extensible")
+#: The roles that get Read on each table, as Microsoft's pages name them: the sender table for the
+#: "Cxp Channel Definitions Services User" ("Define channel instance"), the account table for the
+#: "Marketing Services User Extensible" ("Define channel instance account", since 2025-09).
+JOURNEYS_ROLES = (SENDER_ROLE,)
+ACCOUNT_ROLES = (ACCOUNT_ROLE,)
 #: Dataverse refuses larger plug-in assemblies.
 MAX_ASSEMBLY_BYTES = 16 * 1024 * 1024
 #: The app's default MAX_SEGMENTS (10) times 153 GSM-7 characters per part.
@@ -50,6 +56,7 @@ FLAGS = {
     "channel_name": "--channel-name",
     "max_length": "--max-length",
     "roles": "--journeys-role",
+    "account_roles": "--account-role",
     "send_test": "--send-test",
     "sender": "--from",
     "text": "--text",
@@ -82,6 +89,7 @@ class Options(BaseModel):
     channel_name: str = Field(default="Custom SMS", min_length=1, max_length=100)
     max_length: int = Field(default=DEFAULT_MAX_LENGTH, ge=1, le=100_000)
     roles: tuple[str, ...] = JOURNEYS_ROLES
+    account_roles: tuple[str, ...] = ACCOUNT_ROLES
     send_test: str | None = None
     sender: str | None = None
     text: str = Field(default="Test message from the SMS channel set-up (provisioning verify)", min_length=1)
@@ -191,12 +199,53 @@ def load_options(command: str, values: dict[str, Any]) -> Options:
     for name in REQUIRED[command]:
         if name not in given:
             raise InputError(f"{command}: missing {FLAGS[name]}: {HINTS[name]}")
-    if "roles" in given:
-        given["roles"] = tuple(dict.fromkeys(given["roles"]))
+    for roles in ("roles", "account_roles"):
+        if roles in given:
+            given[roles] = tuple(dict.fromkeys(given[roles]))
     try:
         return Options(command=command, **given)
     except ValidationError as exc:
         raise InputError(_first_problem(exc, FLAGS)) from None
+
+
+class AppRoutes(BaseSettings):
+    """How the app routes senders, from its settings where this tool runs (SMS_PROVIDER, SENDER_ROUTES):
+    verify tells from them which senders the app cannot send for."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
+
+    sms_provider: str | None = Field(default=None, validation_alias="SMS_PROVIDER")
+    sender_routes: Annotated[dict[str, tuple[str, str | None]], NoDecode] = Field(
+        default_factory=dict, validation_alias="SENDER_ROUTES"
+    )
+
+    @field_validator("sender_routes", mode="before")
+    @classmethod
+    def _routes(cls, value: object) -> object:
+        return parse_sender_routes(value) if isinstance(value, str) else value
+
+    @property
+    def known(self) -> bool:
+        return bool(self.sms_provider or self.sender_routes)
+
+    def route_for(self, sender: str) -> str | None:
+        """``provider`` or ``provider:account`` the app sends ``sender`` through; None: no route."""
+        if not self.sender_routes:
+            return (self.sms_provider or "simulator").strip().lower()
+        route = self.sender_routes.get(sender_key(sender))
+        if route is None:
+            return None
+        provider, account = route
+        return f"{provider}:{account}" if account else provider
+
+
+def load_app_routes() -> AppRoutes:
+    try:
+        return AppRoutes()
+    except ValidationError as exc:
+        raise InputError(
+            _first_problem(exc, {"sender_routes": "SENDER_ROUTES", "sms_provider": "SMS_PROVIDER"})
+        ) from None
 
 
 class Connection(BaseModel):

@@ -1,9 +1,10 @@
-"""The outbound chain: the custom API, the forwarder plug-in (assembly and type), its step and the
-step's secure configuration.
+"""The plug-in side: the outbound custom API, the plug-in assembly and its types, the forwarder's
+step and the step's secure configuration, and the channel's own relay custom APIs.
 
 Journeys → custom API ``<prefix>_OutboundSms`` (payload → response) → synchronous PostOperation step
 of the forwarder plug-in (URL in the unsecure configuration, function key in the secure one) → the
-app's ``/api/outbound``.
+app's ``/api/outbound``. Back: the app → ``<prefix>_SmsDeliveryReport`` / ``<prefix>_SmsInbound``
+(when DATAVERSE_CHANNEL_API_PREFIX names them) → their relay plug-ins → Journeys' msdyn_ actions.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from provisioning.base import (
     MODE_SYNCHRONOUS,
+    NO_CUSTOM_STEPS,
     SANDBOX,
     SOURCE_DATABASE,
     STAGE_POST_OPERATION,
@@ -19,10 +21,14 @@ from provisioning.base import (
     Component,
     Context,
     Names,
+    RelayApiSpec,
     bind,
 )
 from provisioning.plan import Change, Finding, differences, same_json
 from provisioning.webapi import literal
+
+#: The base actions' output, and so the relay APIs' (Microsoft's samples read it).
+RESPONSE_MESSAGE = "responseMessage"
 
 # -- custom API ------------------------------------------------------------------------------
 
@@ -216,10 +222,18 @@ class PluginAssembly(Component):
 
 
 class PluginType(Component):
-    key = "plugintype"
+    """A plug-in class of the assembly: the forwarder (``key`` plugintype, its name from --plugin-type)
+    or a relay (its name next to the forwarder's)."""
+
+    def __init__(self, relay: RelayApiSpec | None = None) -> None:
+        self.relay = relay
+        self.key = "plugintype" if relay is None else f"plugintype:{relay.kind}"
+
+    def typename(self, names: Names) -> str:
+        return names.plugin_type if self.relay is None else self.relay.plugin_type
 
     def label(self, names: Names) -> str:
-        return f"plug-in type {names.plugin_type}"
+        return f"plug-in type {self.typename(names)}"
 
     async def locate(self, ctx: Context) -> dict[str, Any] | None:
         row = None
@@ -228,14 +242,14 @@ class PluginType(Component):
                 "plugintypes",
                 select=["plugintypeid", "typename"],
                 filter=f"_pluginassemblyid_value eq {ctx.ids['assembly']} "
-                f"and typename eq {literal(ctx.names.plugin_type)}",
+                f"and typename eq {literal(self.typename(ctx.names))}",
             )
         return ctx.found(self.key, row, "plugintypeid")
 
     def compare(self, ctx: Context, row: dict[str, Any] | None) -> Finding:
         if row is not None:
             return self.finding(ctx, Change.OK)
-        typename = ctx.names.plugin_type
+        typename = self.typename(ctx.names)
 
         async def create() -> None:
             body = {
@@ -257,8 +271,151 @@ class PluginType(Component):
         )
         if steps:
             return self.finding(ctx, Change.KEEP, f"{len(steps)} other step(s) use it")
+        apis = await ctx.api.list(
+            "customapis", select=["uniquename"], filter=f"_plugintypeid_value eq {type_id}"
+        )
+        if apis:
+            return self.finding(ctx, Change.KEEP, f"custom API {apis[0].get('uniquename')} runs it")
         await ctx.api.delete(f"plugintypes({type_id})")
         return self.finding(ctx, Change.DELETE)
+
+
+class RelayApi(Component):
+    """The channel's own delivery-report (or inbound) custom API: one String parameter named as the
+    base action's, run by its relay plug-in as the main operation, which executes the base action
+    with the payload unchanged ("Define custom APIs": it "must call the base solution's
+    msdyn_D365ChannelsNotification API")."""
+
+    IMMUTABLE = ("bindingtype", "isfunction", "allowedcustomprocessingsteptype")
+
+    def __init__(self, relay: RelayApiSpec) -> None:
+        self.relay = relay
+        self.key = f"relayapi:{relay.kind}"
+
+    def label(self, names: Names) -> str:
+        return f"custom API {self.relay.unique_name} (-> {self.relay.base_action})"
+
+    def body(self) -> dict[str, Any]:
+        relay = self.relay
+        return {
+            "uniquename": relay.unique_name,
+            "name": relay.unique_name,
+            "displayname": relay.display,
+            "description": f"Custom SMS channel: passes {relay.parameter} to {relay.base_action}",
+            "bindingtype": 0,
+            "isfunction": False,
+            "isprivate": False,
+            "allowedcustomprocessingsteptype": NO_CUSTOM_STEPS,
+        }
+
+    def parameter(self) -> dict[str, Any]:
+        relay = self.relay
+        return {
+            "uniquename": relay.parameter,
+            "name": f"{relay.unique_name}.{relay.parameter}",
+            "displayname": relay.parameter,
+            "description": f"The {relay.base_action} payload (JSON), passed on unchanged",
+            "type": STRING,
+            "isoptional": False,
+        }
+
+    def property(self) -> dict[str, Any]:
+        relay = self.relay
+        return {
+            "uniquename": RESPONSE_MESSAGE,
+            "name": f"{relay.unique_name}.{RESPONSE_MESSAGE}",
+            "displayname": RESPONSE_MESSAGE,
+            "description": f"What {relay.base_action} answered",
+            "type": STRING,
+        }
+
+    async def locate(self, ctx: Context) -> dict[str, Any] | None:
+        row = await ctx.api.first(
+            "customapis",
+            select=[
+                "customapiid",
+                "uniquename",
+                "displayname",
+                "description",
+                "isprivate",
+                "_plugintypeid_value",
+                *self.IMMUTABLE,
+            ],
+            filter=f"uniquename eq {literal(self.relay.unique_name)}",
+            expand="CustomAPIRequestParameters($select=uniquename,type,isoptional),"
+            "CustomAPIResponseProperties($select=uniquename,type)",
+        )
+        return ctx.found(self.key, row, "customapiid")
+
+    def compare(self, ctx: Context, row: dict[str, Any] | None) -> Finding:
+        relay = self.relay
+        type_key = f"plugintype:{relay.kind}"
+        if row is None:
+
+            async def create() -> None:
+                body = self.body() | {
+                    "PluginTypeId@odata.bind": bind("plugintypes", ctx.ids[type_key]),
+                    "CustomAPIRequestParameters": [self.parameter()],
+                    "CustomAPIResponseProperties": [self.property()],
+                }
+                ctx.ids[self.key] = await ctx.api.create("customapis", body)
+
+            return self.finding(
+                ctx, Change.CREATE, f"{relay.parameter} -> {relay.plugin_type}", action=create
+            )
+        desired = self.body()
+        blocked = [
+            f"{column} is {row.get(column)!r}, must be {desired[column]!r}"
+            for column in self.IMMUTABLE
+            if row.get(column) != desired[column]
+        ]
+        parameters = {p.get("uniquename"): p for p in row.get("CustomAPIRequestParameters") or []}
+        properties = {p.get("uniquename"): p for p in row.get("CustomAPIResponseProperties") or []}
+        wrong_parameters = set(parameters) - {relay.parameter}
+        if wrong_parameters:
+            blocked.append(
+                f"request parameter(s) {', '.join(sorted(map(str, wrong_parameters)))} are not "
+                f"{relay.parameter}"
+            )
+        payload, response = parameters.get(relay.parameter), properties.get(RESPONSE_MESSAGE)
+        if payload is not None and (payload.get("type") != STRING or payload.get("isoptional")):
+            blocked.append(f"request parameter {relay.parameter} must be a String and not optional")
+        if blocked:
+            blocked.append("these never change after creation: run remove (or delete it), then apply")
+            return self.finding(ctx, Change.BLOCKED, *blocked)
+        changed, notes = differences(
+            row, {k: desired[k] for k in ("displayname", "description", "isprivate")}
+        )
+        rebind = str(row.get("_plugintypeid_value")).lower() != ctx.ids.get(type_key)
+        if rebind:
+            notes += (f"its main operation must be {relay.plugin_type}",)
+        missing = [
+            name
+            for name, found in ((relay.parameter, payload), (RESPONSE_MESSAGE, response))
+            if found is None
+        ]
+        notes += tuple(f"add {name}" for name in missing)
+        if not changed and not rebind and not missing:
+            return self.finding(ctx, Change.OK)
+        api_id = ctx.ids[self.key]
+
+        async def update() -> None:
+            body = dict(changed)
+            if rebind:
+                body["PluginTypeId@odata.bind"] = bind("plugintypes", ctx.ids[type_key])
+            if body:
+                await ctx.api.update(f"customapis({api_id})", body)
+            link = {"CustomAPIId@odata.bind": bind("customapis", api_id)}
+            if payload is None:
+                await ctx.api.create("customapirequestparameters", self.parameter() | link)
+            if response is None:
+                await ctx.api.create("customapiresponseproperties", self.property() | link)
+
+        return self.finding(ctx, Change.UPDATE, *notes, action=update)
+
+    async def delete(self, ctx: Context, row: dict[str, Any]) -> Finding:
+        await ctx.api.delete(f"customapis({ctx.ids[self.key]})")
+        return self.finding(ctx, Change.DELETE, "with its parameter and response property")
 
 
 async def _steps_on_message(ctx: Context, select: list[str]) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ from tests.fakes.tls import LocalCA
 SOLUTION = "ContosoSms"
 PREFIX = "contoso"
 CXP_ROLE = "Cxp Channel Definitions Services User"
+MARKETING_ROLE = "Marketing Services User Extensible"
 NAMES = Names(PREFIX, SOLUTION, "SmsChannel.Plugin", "SmsChannel.Plugin.OutboundForwarder", (CXP_ROLE,))
 DEFINITION = NAMES.channel_definition_id
 
@@ -167,6 +168,7 @@ def world(
     api = FakeWebApi(entra)
     api.seed_solution(SOLUTION, PREFIX)
     api.seed_role(CXP_ROLE)
+    api.seed_role(MARKETING_ROLE)
     api.seed_role("System Administrator")
     app = FakeFunctionApp(function_key)
     servers.entra.set_handler(entra)
@@ -182,7 +184,13 @@ def world(
         "AZURE_AUTHORITY_HOST": servers.entra.url,
     }.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("PROVISIONING_FUNCTION_KEY", raising=False)
+    for name in (
+        "PROVISIONING_FUNCTION_KEY",
+        "SENDER_ROUTES",
+        "SMS_PROVIDER",
+        "DATAVERSE_CHANNEL_API_PREFIX",
+    ):
+        monkeypatch.delenv(name, raising=False)
     # only the test CA: loading the whole certifi bundle costs 60 ms per TLS context, several per run
     ca_only = tmp_path / "test-ca.pem"
     trust_test_ca.ca.cert_pem.write_to_path(str(ca_only))
@@ -202,19 +210,42 @@ def world(
     )
 
 
-def add_sender(world: World, number: str = OUR_NUMBER) -> str:
-    """What the admin does in Journeys: a sender row and a channel instance pointing at it."""
-    sender = world.api.insert(
-        f"{NAMES.table}s", {f"{PREFIX}_name": "Main number", f"{PREFIX}_route": "twilio"}
+def add_account(
+    world: World, name: str = "Twilio US", provider: str = "twilio", label: str | None = None
+) -> str:
+    """What the admin does in Journeys' SMS wizard, account step: an account row and its settings."""
+    account = NAMES.account
+    settings = world.api.insert(
+        account.entity_set,
+        {f"{PREFIX}_name": name, f"{PREFIX}_provider": provider}
+        | ({f"{PREFIX}_account": label} if label else {}),
     )
+    return world.api.insert(
+        "msdyn_channelinstanceaccounts",
+        {
+            "msdyn_name": name,
+            "msdyn_ChannelDefinitionId@odata.bind": f"/msdyn_channeldefinitions({DEFINITION})",
+            # only an account whose relationship exists can bind this navigation property
+            f"{account.navigation_property}@odata.bind": f"/{account.entity_set}({settings})",
+        },
+    )
+
+
+def add_sender(
+    world: World, number: str = OUR_NUMBER, *, account: str | None = None, name: str = "Main number"
+) -> str:
+    """What the admin does in Journeys: "Add SMS number", an account, the sender's row."""
+    account = account or add_account(world)
+    sender = NAMES.sender
+    row = world.api.insert(sender.entity_set, {f"{PREFIX}_name": name})
     return world.api.insert(
         "msdyn_channelinstances",
         {
-            "msdyn_name": "Main number",
+            "msdyn_name": name,
             "msdyn_contactpoint": number,
             "msdyn_ChannelDefinitionId@odata.bind": f"/msdyn_channeldefinitions({DEFINITION})",
-            # only a channel instance whose relationship exists can bind this navigation property
-            f"{NAMES.navigation_property}@odata.bind": f"/{NAMES.table}s({sender})",
+            "msdyn_ChannelInstanceAccountId@odata.bind": f"/msdyn_channelinstanceaccounts({account})",
+            f"{sender.navigation_property}@odata.bind": f"/{sender.entity_set}({row})",
         },
     )
 
@@ -236,14 +267,26 @@ def test_plan_lists_every_component_and_changes_nothing(world: World) -> None:
         "+ plug-in type SmsChannel.Plugin.OutboundForwarder: create",
         "+ secure configuration of the step (function key): create",
         "+ step contoso_OutboundSms PostOperation (synchronous)",
+        "+ plug-in type SmsChannel.Plugin.DeliveryReportRelay: create",
+        "+ plug-in type SmsChannel.Plugin.InboundRelay: create",
+        "+ custom API contoso_SmsDeliveryReport (-> msdyn_D365ChannelsNotification): create "
+        "(notificationPayLoad -> SmsChannel.Plugin.DeliveryReportRelay)",
+        "+ custom API contoso_SmsInbound (-> msdyn_D365ChannelsInbound): create "
+        "(inboundPayLoad -> SmsChannel.Plugin.InboundRelay)",
         "+ table contoso_smssender (sender configuration): create",
         "+ main form 'SMS sender' of contoso_smssender: create",
+        "+ table contoso_smsaccount (account configuration): create "
+        "(columns contoso_name, contoso_provider, contoso_account)",
+        "+ main form 'SMS account' of contoso_smsaccount: create",
         "+ relationship contoso_ChannelInstance_extendedentityid_smssender: create",
-        f"+ channel definition {DEFINITION}: create",
+        "+ relationship contoso_ChannelInstanceAccount_extendedentityid_smsaccount: create "
+        "(channel instance accounts bind msdyn_extendedentityid_contoso_smsaccount)",
+        f"+ channel definition {DEFINITION}: create ('Custom SMS', SMS)",
         "+ message part text: create",
         f"+ Read on contoso_smssender for role '{CXP_ROLE}': create",
-        "? Read on contoso_smssender for role 'Marketing Services User Extensible': skipped",
+        f"+ Read on contoso_smsaccount for role '{MARKETING_ROLE}': create",
         f"Channel definition id: {DEFINITION} (once applied)",
+        "DATAVERSE_CHANNEL_API_PREFIX=contoso",
         "Nothing was changed.",
     ):
         assert line in result.out
@@ -297,32 +340,71 @@ def test_apply_creates_every_component_once_in_the_solution(world: World) -> Non
 
     table = world.api.entities["contoso_smssender"]
     assert table["PrimaryNameAttribute"] == "contoso_name"
-    assert {"contoso_name", "contoso_route"} <= {a["LogicalName"] for a in table["Attributes"]}
     form = world.one("systemforms", objecttypecode="contoso_smssender", name="SMS sender")
     assert form["type"] == 2
-    assert 'datafieldname="contoso_route"' in form["formxml"]
-    [relationship] = [
-        r for r in world.api.relationships.values() if r["ReferencedEntity"] == "contoso_smssender"
-    ]
-    assert relationship["ReferencingEntity"] == "msdyn_channelinstance"
-    assert relationship["ReferencingAttribute"] == "msdyn_extendedentityid"
-    assert (
-        relationship["ReferencingEntityNavigationPropertyName"] == "msdyn_extendedentityid_contoso_smssender"
-    )
-    assert {"contoso_smssender", "msdyn_channelinstance"} <= world.api.published[-1]
+    assert 'datafieldname="contoso_name"' in form["formxml"]
+    accounts = world.api.entities["contoso_smsaccount"]
+    assert accounts["PrimaryNameAttribute"] == "contoso_name"
+    assert {"contoso_provider", "contoso_account"} <= {a["LogicalName"] for a in accounts["Attributes"]}
+    account_form = world.one("systemforms", objecttypecode="contoso_smsaccount", name="SMS account")
+    assert account_form["type"] == 2
+    # the wizard shows name and description itself: the form holds the route only
+    assert 'datafieldname="contoso_provider"' in account_form["formxml"]
+    assert 'datafieldname="contoso_name"' not in account_form["formxml"]
+    relationships = {r["ReferencedEntity"]: r for r in world.api.relationships.values()}
+    for table_name, base in (
+        ("contoso_smssender", "msdyn_channelinstance"),
+        ("contoso_smsaccount", "msdyn_channelinstanceaccount"),
+    ):
+        relationship = relationships[table_name]
+        assert relationship["ReferencingEntity"] == base
+        assert relationship["ReferencingAttribute"] == "msdyn_extendedentityid"
+        assert (
+            relationship["ReferencingEntityNavigationPropertyName"] == f"msdyn_extendedentityid_{table_name}"
+        )
+    assert {
+        "contoso_smssender",
+        "msdyn_channelinstance",
+        "contoso_smsaccount",
+        "msdyn_channelinstanceaccount",
+    } <= (world.api.published[-1])
 
-    [cxp] = [r for r in world.api.rows("roles", name=CXP_ROLE) if r.get("_parentroleid_value") is None]
-    read = world.one("privileges", name="prvReadcontoso_SmsSender")
-    assert world.api.role_privileges[cxp["roleid"]] == {read["privilegeid"]: "Global"}
+    # Read as Microsoft's pages say: the sender table for one role, the account table for another
+    for role, privilege in (
+        (CXP_ROLE, "prvReadcontoso_SmsSender"),
+        (MARKETING_ROLE, "prvReadcontoso_SmsAccount"),
+    ):
+        [root] = [r for r in world.api.rows("roles", name=role) if r.get("_parentroleid_value") is None]
+        read = world.one("privileges", name=privilege)
+        assert world.api.role_privileges[root["roleid"]] == {read["privilegeid"]: "Global"}
 
     definition = world.one("msdyn_channeldefinitions")
     assert definition["msdyn_channeldefinitionid"] == DEFINITION
-    assert definition["msdyn_channeltype"] == "Custom"
+    assert (definition["msdyn_channeltype"], definition["msdyn_supportsaccount"]) == ("SMS", True)
     assert definition["msdyn_outboundendpointurltemplate"] == "/contoso_OutboundSms"
     assert (definition["msdyn_hasinbound"], definition["msdyn_hasdeliveryreceipt"]) == (True, True)
     assert definition["msdyn_channeldefinitionexternalentity"] == "contoso_smssender"
     assert definition["msdyn_channeldefinitionexternalformid"] == form["formid"]
+    assert definition["msdyn_channeldefinitionaccountexternalentity"] == "contoso_smsaccount"
+    assert definition["msdyn_channeldefinitionaccountexternalformid"] == account_form["formid"]
+    assert definition.get("msdyn_messageformid") is None  # Journeys' own SMS editor
     assert len(definition["msdyn_description"]) <= 100
+
+    for unique_name, parameter, relay in (
+        ("contoso_SmsDeliveryReport", "notificationPayLoad", "SmsChannel.Plugin.DeliveryReportRelay"),
+        ("contoso_SmsInbound", "inboundPayLoad", "SmsChannel.Plugin.InboundRelay"),
+    ):
+        own = world.one("customapis", uniquename=unique_name)
+        assert (own["bindingtype"], own["isfunction"], own["allowedcustomprocessingsteptype"]) == (
+            0,
+            False,
+            0,
+        )
+        assert own["_plugintypeid_value"] == world.one("plugintypes", typename=relay)["plugintypeid"]
+        [request] = world.api.rows("customapirequestparameters", _customapiid_value=own["customapiid"])
+        assert (request["uniquename"], request["type"], request["isoptional"]) == (parameter, 10, False)
+        [answer] = world.api.rows("customapiresponseproperties", _customapiid_value=own["customapiid"])
+        assert (answer["uniquename"], answer["type"]) == ("responseMessage", 10)
     part = world.one("msdyn_channelmessageparts")
     assert part["_msdyn_channeldefinitionid_value"] == DEFINITION
     assert (part["msdyn_name"], part["msdyn_type"], part["msdyn_isrequired"]) == ("text", 192350000, True)
@@ -341,11 +423,16 @@ def test_apply_creates_every_component_once_in_the_solution(world: World) -> Non
         "pluginassemblies",
         "plugintypes",
         "sdkmessageprocessingsteps",
+        "plugintypes",
+        "plugintypes",
+        "customapis",
+        "customapis",
+        "systemforms",
         "systemforms",
         "msdyn_channeldefinitions",
         "msdyn_channelmessageparts",
     ]
-    assert len(metadata) == 3
+    assert len(metadata) == 6  # two tables, their extra columns (account: 2), two relationships
     assert all(w.solution == SOLUTION for w in components + metadata)
     in_solution = {kind for solution, kind, _ in world.api.solution_components if solution == SOLUTION}
     # the secure configuration never travels with a solution: apply writes it in each environment
@@ -409,8 +496,13 @@ def test_verify_names_components_deleted_behind_its_back_and_apply_repairs_them(
     broken = world.verify()
 
     assert broken.code == 1
-    assert "verify: 3 component(s) missing or wrong:" in broken.err
-    for name in ("step contoso_OutboundSms PostOperation", "message part text", f"for role '{CXP_ROLE}'"):
+    assert "verify: 4 component(s) missing or wrong:" in broken.err
+    for name in (
+        "step contoso_OutboundSms PostOperation",
+        "message part text",
+        f"for role '{CXP_ROLE}'",
+        f"for role '{MARKETING_ROLE}'",
+    ):
         assert name in broken.err
     assert "custom API" not in broken.err
 
@@ -600,16 +692,16 @@ def test_a_dataverse_error_is_shown_with_its_code_and_apply_again_completes_the_
     assert world.api.rows("msdyn_channeldefinitions") == []
 
     world.apply()
-    for entity_set in (
-        "customapis",
-        "pluginassemblies",
-        "plugintypes",
-        "sdkmessageprocessingstepsecureconfigs",
-        "sdkmessageprocessingsteps",
-        "msdyn_channeldefinitions",
-        "msdyn_channelmessageparts",
+    for entity_set, count in (
+        ("customapis", 3),  # outbound, delivery report, inbound
+        ("pluginassemblies", 1),
+        ("plugintypes", 3),  # forwarder and two relays
+        ("sdkmessageprocessingstepsecureconfigs", 1),
+        ("sdkmessageprocessingsteps", 1),
+        ("msdyn_channeldefinitions", 1),
+        ("msdyn_channelmessageparts", 1),
     ):
-        assert len(world.api.rows(entity_set)) == 1, entity_set
+        assert len(world.api.rows(entity_set)) == count, entity_set
     assert world.verify().code == 0
 
 
@@ -820,6 +912,8 @@ def test_remove_deletes_in_dependency_order_and_spares_everything_else(world: Wo
     world.apply()
     world.apply(prefix="fab", solution="FabrikamSms")  # a second channel sharing the plug-in assembly
     add_sender(world)
+    outbound_api = world.one("customapis", uniquename="contoso_OutboundSms")["customapiid"]
+    relay_api = world.one("customapis", uniquename="contoso_SmsDeliveryReport")["customapiid"]
     start = len(world.api.writes)
 
     removed = world.run("remove", "--solution", SOLUTION, "--prefix", PREFIX)
@@ -833,7 +927,8 @@ def test_remove_deletes_in_dependency_order_and_spares_everything_else(world: Wo
         "EntityDefinitions",
         "sdkmessageprocessingsteps(",
         "sdkmessageprocessingstepsecureconfigs",
-        "customapis",
+        f"customapis({outbound_api})",
+        f"customapis({relay_api})",
     )
     first = {kind: next(i for i, path in enumerate(deletes) if path.startswith(kind)) for kind in kinds}
     assert first["msdyn_channelmessageparts"] < first["msdyn_channeldefinitions"]
@@ -841,14 +936,26 @@ def test_remove_deletes_in_dependency_order_and_spares_everything_else(world: Wo
     assert (
         first["sdkmessageprocessingsteps("]
         < first["sdkmessageprocessingstepsecureconfigs"]
-        < first["customapis"]
+        < first[f"customapis({outbound_api})"]
+    )
+    # the other channel's relay API runs the same plug-in type of the shared assembly
+    assert (
+        "plug-in type SmsChannel.Plugin.DeliveryReportRelay: kept (custom API fab_SmsDeliveryReport runs it)"
+        in (removed.out)
     )
     assert world.api.rows("customapis", uniquename="contoso_OutboundSms") == []
+    assert [a["uniquename"] for a in world.api.rows("customapis")] == [
+        "fab_OutboundSms",
+        "fab_SmsDeliveryReport",
+        "fab_SmsInbound",
+    ]
+    assert "contoso_smsaccount" not in world.api.entities
+    assert world.api.rows("msdyn_channelinstanceaccounts") == []  # with their definition (inferred)
     assert world.api.rows("msdyn_channeldefinitions", msdyn_channeldefinitionid=DEFINITION) == []
     assert world.api.rows("msdyn_channelinstances") == []  # Dataverse deleted the sender with its definition
     assert "contoso_smssender" not in world.api.entities
     assert "Dataverse also deleted its 1 sender(s)" in removed.out
-    assert "plug-in assembly SmsChannel.Plugin: kept (it still has 1 plug-in type(s) in use)" in removed.out
+    assert "plug-in assembly SmsChannel.Plugin: kept (it still has 3 plug-in type(s) in use)" in removed.out
 
     # the other channel and the other vendor's definition are untouched
     assert world.api.rows("msdyn_channeldefinitions", msdyn_channeldefinitionid=other_vendor)

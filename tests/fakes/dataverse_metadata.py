@@ -19,6 +19,9 @@ provisioning tool can go wrong:
   channel instances; deleting a table deletes its forms, privileges and relationships;
 - a synchronous step on a custom API needs ``allowedcustomprocessingsteptype`` 2.
 
+Executing a custom API whose main operation is a relay plug-in plays it as its contract says: the
+base action executed with the one parameter unchanged (recorded in ``base_actions``).
+
 Executing a custom API plays the forwarder plug-in as its contract says: the step's unsecure
 configuration ``{"url", "timeoutSeconds"}``, the secure one ``{"functionKey"}`` sent as
 ``x-functions-key``, the body ``{"payload": …}``, the app's ``response`` returned; any other answer
@@ -52,6 +55,16 @@ from tests.fakes.http import Recorded, Reply
 API = "/api/data/v9.2/"
 GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 FORWARDER = "SmsChannel.Plugin.OutboundForwarder"
+#: The relay plug-ins (main operation of the channel's own custom APIs) -> the base action they execute.
+RELAYS = {
+    "SmsChannel.Plugin.DeliveryReportRelay": "msdyn_D365ChannelsNotification",
+    "SmsChannel.Plugin.InboundRelay": "msdyn_D365ChannelsInbound",
+}
+#: Journeys' base actions and their one parameter.
+BASE_ACTIONS = {
+    "msdyn_D365ChannelsNotification": "notificationPayLoad",
+    "msdyn_D365ChannelsInbound": "inboundPayLoad",
+}
 
 NOT_FOUND = "0x80040217"
 PAYLOAD = "0x80048d19"
@@ -365,6 +378,17 @@ def _schema() -> dict[str, Table]:
             },
         ),
         Table(
+            "msdyn_channelinstanceaccounts",
+            "msdyn_channelinstanceaccount",
+            "msdyn_channelinstanceaccountid",
+            {"msdyn_name": s(100, required=True), "msdyn_description": s(100)},
+            {
+                "msdyn_ChannelDefinitionId": Nav(
+                    "msdyn_channeldefinitions", "msdyn_channeldefinitionid", required=True
+                )
+            },
+        ),
+        Table(
             "msdyn_channelinstances",
             "msdyn_channelinstance",
             "msdyn_channelinstanceid",
@@ -376,7 +400,10 @@ def _schema() -> dict[str, Table]:
             {
                 "msdyn_ChannelDefinitionId": Nav(
                     "msdyn_channeldefinitions", "msdyn_channeldefinitionid", required=True
-                )
+                ),
+                "msdyn_ChannelInstanceAccountId": Nav(
+                    "msdyn_channelinstanceaccounts", "msdyn_channelinstanceaccountid"
+                ),
             },
         ),
     ]
@@ -478,6 +505,8 @@ class FakeWebApi:
     locked_roles: set[str] = field(default_factory=set)
     #: Answers of custom API executions the forwarder made: (url, headers, body).
     forwarded: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)
+    #: Journeys' base actions the relay plug-ins executed: (action, parameters).
+    base_actions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     tables: dict[str, Table] = field(default_factory=_schema)
     entities: dict[str, dict[str, Any]] = field(default_factory=dict)
     relationships: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -492,19 +521,22 @@ class FakeWebApi:
             ("msdyn_channeldefinition", "msdyn_ChannelDefinition"),
             ("msdyn_channelmessagepart", "msdyn_ChannelMessagePart"),
             ("msdyn_channelinstance", "msdyn_ChannelInstance"),
+            ("msdyn_channelinstanceaccount", "msdyn_ChannelInstanceAccount"),
             ("account", "Account"),
         ):
             self._register_entity(logical, schema, custom=False)
-        self.entities["msdyn_channelinstance"]["Attributes"].append(
-            {
-                "MetadataId": _new(),
-                "LogicalName": "msdyn_extendedentityid",
-                "SchemaName": "msdyn_extendedentityId",
-                "AttributeType": "Lookup",
-                "IsPrimaryName": False,
-                "IsCustomAttribute": False,
-            }
-        )
+        for base in ("msdyn_channelinstance", "msdyn_channelinstanceaccount"):
+            # the multi-table lookup a channel's configuration tables become targets of
+            self.entities[base]["Attributes"].append(
+                {
+                    "MetadataId": _new(),
+                    "LogicalName": "msdyn_extendedentityid",
+                    "SchemaName": "msdyn_extendedentityId",
+                    "AttributeType": "Lookup",
+                    "IsPrimaryName": False,
+                    "IsCustomAttribute": False,
+                }
+            )
         self._relate(
             "msdyn_msdyn_channelinstance_ChannelDefinition_m",
             "msdyn_channeldefinition",
@@ -512,6 +544,16 @@ class FakeWebApi:
             "msdyn_channeldefinitionid",
             "msdyn_ChannelDefinitionId",
         )
+        self._relate(
+            "msdyn_msdyn_channelinstanceaccount_ChannelDefinition",
+            "msdyn_channeldefinition",
+            "msdyn_channelinstanceaccount",
+            "msdyn_channeldefinitionid",
+            "msdyn_ChannelDefinitionId",
+        )
+        # Journeys' base actions, which the relay plug-ins execute
+        for action in BASE_ACTIONS:
+            self.seed("sdkmessages", {"name": action})
 
     # -- seeding (tests) ---------------------------------------------------------------------
 
@@ -900,6 +942,10 @@ class FakeWebApi:
             for s in steps.values()
         ):
             raise refuse(400, DEPENDENCY, "The plug-in type cannot be deleted: steps are registered on it.")
+        if name == "plugintypes" and any(
+            a.get("_plugintypeid_value") == row_id for a in self.tables["customapis"].rows.values()
+        ):
+            raise refuse(400, DEPENDENCY, "The plug-in type cannot be deleted: a custom API uses it.")
         if name == "pluginassemblies":
             types = [
                 t
@@ -933,7 +979,12 @@ class FakeWebApi:
             if message is not None:
                 del self.tables["sdkmessages"].rows[message]
         if name == "msdyn_channeldefinitions":
-            for child in ("msdyn_channelmessageparts", "msdyn_channelinstances"):
+            # inferred: a definition's accounts go with it, as its senders do
+            for child in (
+                "msdyn_channelmessageparts",
+                "msdyn_channelinstances",
+                "msdyn_channelinstanceaccounts",
+            ):
                 rows = self.tables[child].rows
                 for child_id in [
                     c for c, r in rows.items() if r.get("_msdyn_channeldefinitionid_value") == row_id
@@ -1368,6 +1419,9 @@ class FakeWebApi:
             )
             runs.append((step.get("configuration"), secure.get("secureconfig") if secure else None))
         context = f"{API}$metadata#Microsoft.Dynamics.CRM.{name}Response"
+        main = self.tables["plugintypes"].rows.get(api.get("_plugintypeid_value") or "")
+        if main is not None and main["typename"] in RELAYS:
+            return Reply(200, {"@odata.context": context, **self._relay(main["typename"], given)})
 
         def run() -> Reply:
             response: str | None = None
@@ -1376,6 +1430,17 @@ class FakeWebApi:
             return Reply(200, {"@odata.context": context, "response": response})
 
         return _guarded(run)
+
+    def _relay(self, typename: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A relay plug-in, as its contract says: the base action with its parameter, unchanged."""
+        action = RELAYS[typename]
+        parameter = BASE_ACTIONS[action]
+        if not isinstance(inputs.get(parameter), str) or not inputs[parameter]:
+            raise refuse(
+                400, PLUGIN_FAILED, f"{typename.rsplit('.', 1)[-1]}: the {parameter} parameter is missing"
+            )
+        self.base_actions.append((action, {parameter: inputs[parameter]}))
+        return {"responseMessage": "ok"}
 
     def _forward(self, unsecure: Any, secure: Any, inputs: dict[str, Any]) -> str:
         """The forwarder plug-in, as its contract says."""
