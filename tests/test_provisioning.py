@@ -7,6 +7,7 @@ ever reaches the output.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -587,6 +588,217 @@ def test_send_test_needs_a_sender(world: World) -> None:
     assert world.app.requests == []
 
 
+# -- the SMS channel: upgrade, drift, relays, senders -----------------------------------------------
+
+
+def earlier_custom_shape(world: World) -> None:
+    """What the earlier version left: a Custom definition without an account table or relay APIs."""
+    world.apply()
+    account = NAMES.account
+    for relationship_id, relationship in list(world.api.relationships.items()):
+        if relationship["ReferencedEntity"] == account.logical:
+            world.api._delete_relationship(relationship_id)
+    world.api._delete_entity(world.api.entities[account.logical])
+    for relay in NAMES.relay_apis:
+        world.api.remove_row(
+            "customapis", world.one("customapis", uniquename=relay.unique_name)["customapiid"]
+        )
+        world.api.remove_row(
+            "plugintypes", world.one("plugintypes", typename=relay.plugin_type)["plugintypeid"]
+        )
+    definition = world.api.tables["msdyn_channeldefinitions"].rows[DEFINITION]
+    definition.update(
+        {
+            "msdyn_channeltype": "Custom",
+            "msdyn_supportsaccount": False,
+            "msdyn_channeldefinitionaccountexternalentity": None,
+            "msdyn_channeldefinitionaccountexternalformid": None,
+        }
+    )
+
+
+def test_an_earlier_custom_channel_is_shown_as_such_and_becomes_sms_in_place(world: World) -> None:
+    earlier_custom_shape(world)
+    sender_row = world.api.insert(NAMES.sender.entity_set, {f"{PREFIX}_name": "Main number"})
+    sender = world.api.insert(
+        "msdyn_channelinstances",
+        {
+            "msdyn_name": "Main number",
+            "msdyn_contactpoint": OUR_NUMBER,
+            "msdyn_ChannelDefinitionId@odata.bind": f"/msdyn_channeldefinitions({DEFINITION})",
+            f"{NAMES.sender.navigation_property}@odata.bind": f"/{NAMES.sender.entity_set}({sender_row})",
+        },
+    )
+
+    plan = world.run("plan", *world.flags())
+    verify = world.verify()
+    upgraded = world.apply()
+
+    shape = (
+        "provisioned by an earlier version as a Custom channel: apply makes it an SMS channel in place, "
+        "keeping its id and its 1 sender(s)"
+    )
+    assert f"~ channel definition {DEFINITION}: update ({shape}" in plan.out
+    assert "msdyn_channeltype: 'Custom' -> 'SMS'" in plan.out
+    assert "+ table contoso_smsaccount (account configuration): create" in plan.out
+    assert verify.code == 1 and shape in verify.err
+    assert f"~ channel definition {DEFINITION}: updated ({shape}" in upgraded.out
+    [definition] = world.api.rows("msdyn_channeldefinitions")
+    assert definition["msdyn_channeldefinitionid"] == DEFINITION  # the same record
+    assert (definition["msdyn_channeltype"], definition["msdyn_supportsaccount"]) == ("SMS", True)
+    assert definition["msdyn_channeldefinitionaccountexternalentity"] == "contoso_smsaccount"
+    [kept] = world.api.rows("msdyn_channelinstances")
+    assert kept["msdyn_channelinstanceid"] == sender
+    assert kept["_msdyn_channeldefinitionid_value"] == DEFINITION
+    assert world.verify().code == 0
+    again = world.apply()
+    assert f"= channel definition {DEFINITION}: in place" in again.out
+
+
+def test_drift_is_named_by_verify_and_repaired_by_apply(world: World) -> None:
+    world.apply()
+    definition = world.api.tables["msdyn_channeldefinitions"].rows[DEFINITION]
+    definition["msdyn_messageformid"] = "4b7a3d6e-0000-0000-0000-000000000001"  # a message editor set by hand
+    world.api.insert(
+        "msdyn_channelmessageparts",
+        {
+            "msdyn_name": "image",
+            "msdyn_type": 192350004,
+            "msdyn_ChannelDefinitionId@odata.bind": f"/msdyn_channeldefinitions({DEFINITION})",
+        },
+    )
+    relay = world.api.tables["customapis"].rows[
+        world.one("customapis", uniquename="contoso_SmsInbound")["customapiid"]
+    ]
+    relay["_plugintypeid_value"] = None  # its main operation unbound
+
+    drifted = world.verify()
+
+    assert drifted.code == 1
+    assert "verify: 3 component(s) missing or wrong:" in drifted.err
+    assert "msdyn_messageformid: '4b7a3d6e-0000-0000-0000-000000000001' -> null" in drifted.err
+    assert "remove part 'image': an SMS channel has only text" in drifted.err
+    assert "its main operation must be SmsChannel.Plugin.InboundRelay" in drifted.err
+
+    world.apply()
+    assert world.verify().code == 0
+    assert [p["msdyn_name"] for p in world.api.rows("msdyn_channelmessageparts")] == ["text"]
+    assert world.one("msdyn_channeldefinitions").get("msdyn_messageformid") is None
+    relay = world.one("customapis", uniquename="contoso_SmsInbound")
+    assert (
+        relay["_plugintypeid_value"]
+        == world.one("plugintypes", typename="SmsChannel.Plugin.InboundRelay")["plugintypeid"]
+    )
+
+
+def test_the_relay_apis_pass_their_payload_to_journeys_actions_unchanged(world: World) -> None:
+    """What the app calls with DATAVERSE_CHANNEL_API_PREFIX, executed through the Web API as applied."""
+    world.apply()
+    notification = json.dumps({"ChannelDefinitionId": DEFINITION, "RequestId": "r-1", "Status": "Delivered"})
+    inbound = json.dumps({"ChannelDefinitionId": DEFINITION, "Message": {"text": 'Grüße "STOP"'}})
+
+    async def execute() -> tuple[dict[str, Any], WebApiError]:
+        connection = load_connection()
+        tokens = MsalTokenProvider(connection.identity, connection.url)
+        api = WebApi(connection.url, tokens, solution=SOLUTION)
+        try:
+            answered = await api.action("contoso_SmsDeliveryReport", {"notificationPayLoad": notification})
+            await api.action("contoso_SmsInbound", {"inboundPayLoad": inbound})
+            with pytest.raises(WebApiError) as wrong_name:
+                await api.action("contoso_SmsInbound", {"payload": inbound})
+            return answered, wrong_name.value
+        finally:
+            await api.aclose()
+
+    answered, refused = asyncio.run(execute())
+
+    assert answered["responseMessage"] == "ok"
+    assert world.api.base_actions == [
+        ("msdyn_D365ChannelsNotification", {"notificationPayLoad": notification}),
+        ("msdyn_D365ChannelsInbound", {"inboundPayLoad": inbound}),
+    ]
+    assert refused.status == 400  # the parameter is named as the base action's
+
+
+def test_verify_lists_accounts_and_senders_and_which_the_app_cannot_route(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.apply()
+    us = add_account(world, "Twilio US", "twilio")
+    eu = add_account(world, "Twilio EU", "twilio", "eu")
+    add_sender(world, OUR_NUMBER, account=us)
+    add_sender(world, "+14155550101", account=eu, name="EU number")
+    add_sender(world, "+14155550102", account=eu, name="Forgotten")
+
+    unknown = world.verify()
+    monkeypatch.setenv("SENDER_ROUTES", f"{OUR_NUMBER}=twilio,+14155550101=twilio")
+    routed = world.verify()
+
+    assert unknown.code == 0
+    assert (
+        "? +14155550102 'Forgotten' (account 'Twilio EU'): set SENDER_ROUTES or SMS_PROVIDER" in unknown.out
+    )
+    assert "SMS accounts of this channel (2):" in routed.out
+    assert "= 'Twilio EU' -> twilio:eu" in routed.out
+    assert (
+        f"= {OUR_NUMBER} 'Main number' (account 'Twilio US'): the app sends it through twilio" in routed.out
+    )
+    assert (
+        "~ +14155550101 'EU number' (account 'Twilio EU'): the app sends it through twilio, "
+        "its account says twilio:eu"
+    ) in routed.out
+    assert "! +14155550102 'Forgotten' (account 'Twilio EU'): the app has no route for it" in routed.out
+    assert routed.code == 1
+    assert routed.error.startswith("verify: the app has no route for 1 sender(s): +14155550102")
+
+    monkeypatch.setenv("SENDER_ROUTES", "")
+    monkeypatch.setenv("SMS_PROVIDER", "twilio")
+    assert world.verify().code == 0  # without routes every sender goes through SMS_PROVIDER
+
+
+def test_verify_checks_the_relay_path_the_app_is_set_to(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.apply()
+
+    direct = world.verify()
+    monkeypatch.setenv("DATAVERSE_CHANNEL_API_PREFIX", PREFIX)
+    own = world.verify()
+    monkeypatch.setenv("DATAVERSE_CHANNEL_API_PREFIX", "fab")
+    other = world.verify()
+    monkeypatch.delenv("DATAVERSE_CHANNEL_API_PREFIX")
+    for message in world.api.rows("sdkmessages", name="msdyn_D365ChannelsInbound"):
+        world.api.remove_row("sdkmessages", message["sdkmessageid"])
+    no_journeys = world.verify()
+
+    assert direct.code == 0
+    assert (
+        "Relays: directly to msdyn_D365ChannelsNotification and msdyn_D365ChannelsInbound (found)."
+        in direct.out
+    )
+    assert own.code == 0
+    assert "Relays: through this channel's contoso_SmsDeliveryReport and contoso_SmsInbound" in own.out
+    assert other.code == 1
+    assert "DATAVERSE_CHANNEL_API_PREFIX is 'fab'" in other.error
+    assert no_journeys.code == 1
+    assert "msdyn_D365ChannelsInbound not found in this environment" in no_journeys.error
+    assert "DATAVERSE_CHANNEL_API_PREFIX=contoso" in no_journeys.error
+
+
+def test_without_the_marketing_role_the_account_table_is_left_to_the_admin(world: World) -> None:
+    for role in world.api.rows("roles", name=MARKETING_ROLE):
+        world.api.remove_row("roles", role["roleid"])
+
+    result = world.run("apply", *world.flags())
+
+    assert result.code == 1
+    assert "Read on contoso_smsaccount for Journeys: none of the roles" in result.error
+    assert "--account-role" in result.error
+    reader = world.api.seed_role("SMS account reader")
+    assert world.run("apply", *world.flags(), "--account-role", "SMS account reader").code == 0
+    assert list(world.api.role_privileges[reader].values()) == ["Global"]
+
+
 # -- bad input and failures --------------------------------------------------------------------------
 
 
@@ -883,12 +1095,45 @@ async def test_the_fake_refuses_what_dataverse_refuses(world: World) -> None:
                 400,
                 "0x80040203",
             ),
+            # a lookup bound to a row of another table
+            (
+                lambda: api.create(
+                    "msdyn_channelinstanceaccounts",
+                    {
+                        "msdyn_name": "a",
+                        "msdyn_ChannelDefinitionId@odata.bind": f"/plugintypes({plugin_type})",
+                    },
+                ),
+                400,
+                "0x80048d19",
+            ),
+            # a navigation property no relationship gives the table (yet)
+            (
+                lambda: api.create(
+                    "msdyn_channelinstanceaccounts",
+                    {
+                        "msdyn_name": "a",
+                        "msdyn_ChannelDefinitionId@odata.bind": f"/msdyn_channeldefinitions({definition_id})",
+                        f"{NAMES.account.navigation_property}@odata.bind": f"/{NAMES.account.entity_set}(x)",
+                    },
+                ),
+                400,
+                "0x80048d19",
+            ),
+            # an account without its definition
+            (lambda: api.create("msdyn_channelinstanceaccounts", {"msdyn_name": "a"}), 400, "0x80040203"),
         ]
-        for call, status, code in refusals:
+        for number, (call, status, code) in enumerate(refusals):
             with pytest.raises(WebApiError) as refused:
                 await call()
+                pytest.fail(f"refusal {number} was accepted")
             assert (refused.value.status, refused.value.code) == (status, code), refused.value
         assert world.api.rows("customapis", uniquename="contoso_B") == []
+        # a plug-in type a custom API runs as its main operation cannot be deleted
+        await api.update(f"customapis({api_id})", {"PluginTypeId@odata.bind": f"/plugintypes({plugin_type})"})
+        with pytest.raises(WebApiError) as in_use:
+            await api.delete(f"plugintypes({plugin_type})")
+        assert (in_use.value.status, in_use.value.code) == (400, "0x8004f01f")
     finally:
         await api.aclose()
         await unknown_solution.aclose()

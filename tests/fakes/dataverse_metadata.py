@@ -1266,9 +1266,9 @@ class FakeWebApi:
         self.relationships[relationship["MetadataId"]] = relationship
         referencing_set = self.entities[referencing]["EntitySetName"]
         if referencing_set in self.tables:
-            self.tables[referencing_set].navs[navigation] = Nav(
-                self.entities[referenced]["EntitySetName"], lookup
-            )
+            navs = self.tables[referencing_set].navs
+            # a system lookup declared with the table keeps its requirement
+            navs.setdefault(navigation, Nav(self.entities[referenced]["EntitySetName"], lookup))
         return relationship
 
     def _create_relationship(self, body: Any, solution: str | None, base: str) -> Reply:
