@@ -144,17 +144,11 @@ async def test_provider_rejection_is_final(ledger: SendLedger, channel_definitio
     request = payload(channel_definition_id, "optout")
 
     first, repeat = await service.send(request), await service.send(request)
-    assert (
-        first
-        == repeat
-        == SendOutcome(
-            ChannelStatus.NOT_SENT,
-            details=Details(
-                reason="RecipientOptedOut",
-                message="The recipient has opted out of text messages from this sender (scripted code 21610).",
-            ),
-        )
+    opted_out = "The recipient has opted out of text messages from this sender (scripted code 21610)."
+    expected = SendOutcome(
+        ChannelStatus.NOT_SENT, details=Details(reason="RecipientOptedOut", message=opted_out)
     )
+    assert first == repeat == expected
     assert len(channel.requests) == 1
 
 
