@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -473,8 +474,12 @@ class OutboundService:
 
 async def _within(deadline: float, send: Awaitable[SendReceipt], provider: str) -> SendReceipt:
     """One provider attempt, cut at the deadline. Cut on the wire, it may have reached the provider."""
+    remaining = max(deadline - time.monotonic(), 0.0)
     try:
-        return await asyncio.wait_for(send, timeout=max(deadline - time.monotonic(), 0.0))
+        if sys.version_info >= (3, 11):  # a timeout scope: no task per attempt, unlike wait_for
+            async with asyncio.timeout(remaining):
+                return await send
+        return await asyncio.wait_for(send, timeout=remaining)
     except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
         raise AmbiguousSendError(f"{provider}: no answer within the send budget") from None
 
