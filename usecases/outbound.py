@@ -226,8 +226,7 @@ class OutboundService:
             first_attempt_at=record.first_attempt_at,
         )
         assert adapter is not None  # no route is a rejection, handled above
-        provider_deadline = min(started + self.provider_budget, deadline)
-        return await self._send_owned(adapter, record, request, provider_deadline, context)
+        return await self._send_owned(adapter, record, request, started + self.provider_budget, context)
 
     async def _answer_repeat(self, record: SendRecord, payload: OutboundPayload, context: str) -> SendOutcome:
         """The decided outcome, for another attempt at the message: its RequestId becomes the one
