@@ -91,8 +91,15 @@ def _webhook(kind: str, summary: str) -> dict[str, Any]:
         "options": {
             "operationId": f"{kind}Handshake",
             "summary": "CloudEvents webhook validation (Event Grid): answered with WebHook-Allowed-Origin",
+            "description": "Only with the webhook's secret (?secret= or X-Webhook-Secret).",
             "security": [],
-            "responses": {"200": {"description": "the origin is allowed"}},
+            "responses": {
+                "200": {"description": "the origin is allowed"},
+                "401": _error("no secret: nothing is echoed"),
+                "403": _error("a wrong secret: nothing is echoed"),
+                "404": _error("not a provider the app sends through"),
+                "503": _error("the webhook's secret is not configured: retry later", retry_after=True),
+            },
         },
     }
 

@@ -108,6 +108,10 @@ class ExtensionTable:
     def read_privilege(self) -> str:
         return f"prvRead{self.schema}"
 
+    @property
+    def write_privilege(self) -> str:
+        return f"prvWrite{self.schema}"
+
     def column(self, column: TableColumn) -> str:
         return f"{self.prefix}_{column.name}"
 

@@ -41,9 +41,10 @@ def components(names: Names) -> list[Component]:
         SecureConfig(),
         Step(),
         *(PluginType(relay) for relay in names.relay_apis),
-        *(RelayApi(relay) for relay in names.relay_apis),
         *(part for table in tables for part in (ConfigTable(table), MainForm(table))),
         *(ExtendedEntityRelationship(table) for table in tables),
+        # after the account table: executing them takes its Write privilege
+        *(RelayApi(relay) for relay in names.relay_apis),
         ChannelDefinition(),
         MessagePart(),
         # last: granting may be refused (Microsoft's pages disagree on whether these roles can be edited)

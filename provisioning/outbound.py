@@ -295,7 +295,7 @@ class RelayApi(Component):
     def label(self, names: Names) -> str:
         return f"custom API {self.relay.unique_name} (-> {self.relay.base_action})"
 
-    def body(self) -> dict[str, Any]:
+    def body(self, names: Names) -> dict[str, Any]:
         relay = self.relay
         return {
             "uniquename": relay.unique_name,
@@ -306,6 +306,9 @@ class RelayApi(Component):
             "isfunction": False,
             "isprivate": False,
             "allowedcustomprocessingsteptype": NO_CUSTOM_STEPS,
+            # its plug-in calls Journeys as the system user: only who may change the channel's
+            # accounts (admins, and the app's user) may post reports and replies through it
+            "executeprivilegename": names.account.write_privilege,
         }
 
     def parameter(self) -> dict[str, Any]:
@@ -353,7 +356,7 @@ class RelayApi(Component):
         if row is None:
 
             async def create() -> None:
-                body = self.body() | {
+                body = self.body(ctx.names) | {
                     "PluginTypeId@odata.bind": bind("plugintypes", ctx.ids[type_key]),
                     "CustomAPIRequestParameters": [self.parameter()],
                     "CustomAPIResponseProperties": [self.property()],
@@ -363,7 +366,7 @@ class RelayApi(Component):
             return self.finding(
                 ctx, Change.CREATE, f"{relay.parameter} -> {relay.plugin_type}", action=create
             )
-        desired = self.body()
+        desired = self.body(ctx.names)
         blocked = [
             f"{column} is {row.get(column)!r}, must be {desired[column]!r}"
             for column in self.IMMUTABLE

@@ -401,6 +401,8 @@ def test_apply_creates_every_component_once_in_the_solution(world: World) -> Non
             False,
             0,
         )
+        # its plug-in calls Journeys as the system user: not for everyone to execute
+        assert own["executeprivilegename"] == "prvWritecontoso_SmsAccount"
         assert own["_plugintypeid_value"] == world.one("plugintypes", typename=relay)["plugintypeid"]
         [request] = world.api.rows("customapirequestparameters", _customapiid_value=own["customapiid"])
         assert (request["uniquename"], request["type"], request["isoptional"]) == (parameter, 10, False)
@@ -426,10 +428,10 @@ def test_apply_creates_every_component_once_in_the_solution(world: World) -> Non
         "sdkmessageprocessingsteps",
         "plugintypes",
         "plugintypes",
-        "customapis",
-        "customapis",
         "systemforms",
         "systemforms",
+        "customapis",
+        "customapis",
         "msdyn_channeldefinitions",
         "msdyn_channelmessageparts",
     ]

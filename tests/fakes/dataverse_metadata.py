@@ -888,6 +888,13 @@ class FakeWebApi:
         if name == "customapis":
             if any(_equal(r["uniquename"], values["uniquename"]) for r in table.rows.values()):
                 raise refuse(412, DUPLICATE, "A record with matching key values already exists (uniquename).")
+            privilege = values.get("executeprivilegename")
+            if privilege and not any(
+                _equal(p["name"], privilege) for p in self.tables["privileges"].rows.values()
+            ):
+                raise refuse(
+                    400, INVALID, f"The privilege {privilege} named by executeprivilegename does not exist."
+                )
         elif name == "pluginassemblies":
             if any(_equal(r["name"], values["name"]) for r in table.rows.values()):
                 raise refuse(
