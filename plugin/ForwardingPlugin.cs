@@ -2,15 +2,18 @@
 // custom API's "payload" string to the Function app (POST /api/outbound, envelope {"payload": "<string>"}) and
 // copies the app's "response" string into OutputParameters["response"]. See plugin/README.md.
 //
-// .NET Framework 4.6.2, C# 7.3 at most, base class library + Microsoft.Xrm.Sdk only (runs in the Dataverse sandbox).
+// .NET Framework 4.6.2, C# 7.3 at most, base class library + Microsoft.Xrm.Sdk only (runs in the Dataverse sandbox);
+// JSON through DataContractJsonSerializer and the contracts in JsonContracts.cs.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
 using System.Globalization;
+using System.Linq;
 using System.Net.Http;
 using System.Text;
 using System.Threading;
 using Microsoft.Xrm.Sdk;
+using SmsChannel.Plugin.Wire;
 
 namespace SmsChannel.Plugin
 {
@@ -62,20 +65,19 @@ namespace SmsChannel.Plugin
             var timeoutSeconds = (double)DefaultTimeoutSeconds;
             string functionKey = null;
 
-            Dictionary<string, object> unsecure;
+            var unsecure = JsonText.Read<UnsecureConfiguration>(unsecureConfig);
             if (string.IsNullOrWhiteSpace(unsecureConfig))
             {
                 problems.Add("the unsecure configuration is empty; it must be JSON like " + UnsecureExample);
             }
-            else if (!Json.TryReadObject(unsecureConfig, out unsecure))
+            else if (unsecure == null)
             {
                 problems.Add("the unsecure configuration is not a JSON object like " + UnsecureExample);
             }
             else
             {
-                object value;
-                var urlText = Json.String(unsecure, "url");
-                if (!unsecure.TryGetValue("url", out value) || value == null)
+                var urlText = unsecure.Url as string;
+                if (unsecure.Url == null)
                 {
                     problems.Add("\"url\" is missing from the unsecure configuration " + UnsecureExample);
                 }
@@ -85,10 +87,11 @@ namespace SmsChannel.Plugin
                     url = null;
                     problems.Add("\"url\" in the unsecure configuration is not an absolute https:// URL");
                 }
-                if (unsecure.TryGetValue("timeoutSeconds", out value) && value != null)
+                if (unsecure.TimeoutSeconds != null)
                 {
-                    if (!(value is double) || double.IsNaN((double)value) || (double)value < MinTimeoutSeconds
-                        || (double)value > MaxTimeoutSeconds)
+                    double seconds;
+                    if (!TryNumber(unsecure.TimeoutSeconds, out seconds) || double.IsNaN(seconds)
+                        || seconds < MinTimeoutSeconds || seconds > MaxTimeoutSeconds)
                     {
                         problems.Add(string.Format(CultureInfo.InvariantCulture,
                             "\"timeoutSeconds\" in the unsecure configuration must be a number of seconds from {0} to "
@@ -96,24 +99,24 @@ namespace SmsChannel.Plugin
                     }
                     else
                     {
-                        timeoutSeconds = (double)value;
+                        timeoutSeconds = seconds;
                     }
                 }
             }
 
             // never echo the secure configuration: it holds the key
-            Dictionary<string, object> secure;
+            var secure = JsonText.Read<SecureConfiguration>(secureConfig);
             if (string.IsNullOrWhiteSpace(secureConfig))
             {
                 problems.Add("the secure configuration is empty; it must be JSON like " + SecureExample);
             }
-            else if (!Json.TryReadObject(secureConfig, out secure))
+            else if (secure == null)
             {
                 problems.Add("the secure configuration is not a JSON object like " + SecureExample);
             }
             else
             {
-                var key = Json.String(secure, "functionKey");
+                var key = secure.FunctionKey as string;
                 if (string.IsNullOrWhiteSpace(key))
                 {
                     problems.Add("\"functionKey\" is missing from the secure configuration " + SecureExample);
@@ -189,8 +192,8 @@ namespace SmsChannel.Plugin
 
             if (answer.Status == 200)
             {
-                Dictionary<string, object> envelope;
-                var response = Json.TryReadObject(answer.Body, out envelope) ? Json.String(envelope, "response") : null;
+                var envelope = JsonText.Read<OutboundAnswer>(answer.Body);
+                var response = envelope == null ? null : envelope.Response as string;
                 if (response == null)
                 {
                     Trace(tracing, "{0}: RequestId={1} outcome=NoResponse http=200 durationMs={2}", TraceName,
@@ -205,12 +208,12 @@ namespace SmsChannel.Plugin
                 return;
             }
 
-            Dictionary<string, object> document;
-            var error = Json.TryReadObject(answer.Body, out document) ? Json.Object(document, "error") : null;
-            var code = Json.String(error, "code");
+            var document = JsonText.Read<ErrorAnswer>(answer.Body);
+            var error = (document == null ? null : document.Error) ?? new ErrorBody();
             Trace(tracing, "{0}: RequestId={1} outcome={2} http={3} durationMs={4}{5}", TraceName, requestId,
-                Printable(string.IsNullOrEmpty(code) ? "HTTP" + answer.Status : code, 40), answer.Status,
-                watch.ElapsedMilliseconds, answer.Status == 400 ? " fields=" + Names(error, "fields", "field") : "");
+                Printable(string.IsNullOrEmpty(error.Code) ? "HTTP" + answer.Status : error.Code, 40), answer.Status,
+                watch.ElapsedMilliseconds,
+                answer.Status == 400 ? " fields=" + Names(error.Fields, field => field.Field) : "");
             throw new InvalidPluginExecutionException(Explain(answer, requestId, error));
         }
 
@@ -230,7 +233,8 @@ namespace SmsChannel.Plugin
             {
                 request.Headers.TryAddWithoutValidation(FunctionKeyHeader, _functionKey);
                 request.Headers.ConnectionClose = true; // sandbox guidance: no keep-alive
-                request.Content = new StringContent(Json.Envelope(payload), Encoding.UTF8, "application/json");
+                request.Content = new StringContent(JsonText.Write(new OutboundRequest { Payload = payload }),
+                    Encoding.UTF8, "application/json");
                 try
                 {
                     // the token bounds the whole exchange, body included (HttpCompletionOption.ResponseContentRead)
@@ -287,6 +291,15 @@ namespace SmsChannel.Plugin
             return text;
         }
 
+        /// <summary>A JSON number as the serializer gives it in an object member (never a JSON string "15").</summary>
+        private static bool TryNumber(object value, out double number)
+        {
+            var isNumber = value is int || value is long || value is ulong || value is decimal || value is double
+                           || value is float;
+            number = isNumber ? Convert.ToDouble(value, CultureInfo.InvariantCulture) : double.NaN;
+            return isNumber;
+        }
+
         private static bool IsHeaderToken(string value)
         {
             foreach (var c in value)
@@ -301,10 +314,10 @@ namespace SmsChannel.Plugin
 
         // -- what the app answered --------------------------------------------------------------------------------
 
-        private string Explain(Answer answer, string requestId, Dictionary<string, object> error)
+        private string Explain(Answer answer, string requestId, ErrorBody error)
         {
-            var code = Printable(Json.String(error, "code") ?? "", 40);
-            var message = Json.String(error, "message");
+            var code = Printable(error.Code ?? "", 40);
+            var message = error.Message;
             var detail = string.IsNullOrEmpty(message) ? "" : ": " + Printable(Redact(message), 300);
             var after = string.IsNullOrEmpty(answer.RetryAfter)
                 ? ""
@@ -327,7 +340,7 @@ namespace SmsChannel.Plugin
                         return string.Format(CultureInfo.InvariantCulture,
                             "The SMS app is misconfigured (HTTP 503 Misconfigured, settings: {0}); nothing was sent "
                             + "for RequestId {1}: an operator must fix the app settings, then retry later.",
-                            Names(error, "settings", "setting"), requestId);
+                            Names(error.Settings, setting => setting.Setting), requestId);
                     }
                     return string.Format(CultureInfo.InvariantCulture,
                         "The SMS app is temporarily unavailable (HTTP 503 {0}{1}){2}; retry later with the same "
@@ -365,45 +378,21 @@ namespace SmsChannel.Plugin
         }
 
         /// <summary>"To (message), ChannelDefinitionId (message)" from a 400's error.fields.</summary>
-        private string Fields(Dictionary<string, object> error)
+        private string Fields(ErrorBody error)
         {
-            var parts = new List<string>();
-            var fields = Json.Array(error, "fields");
-            if (fields == null)
-            {
-                return "";
-            }
-            foreach (var item in fields)
-            {
-                var entry = item as Dictionary<string, object>;
-                var name = Json.String(entry, "field");
-                if (string.IsNullOrEmpty(name))
-                {
-                    continue;
-                }
-                var message = Json.String(entry, "message");
-                parts.Add(Printable(name, 80)
-                          + (string.IsNullOrEmpty(message) ? "" : " (" + Printable(Redact(message), 200) + ")"));
-            }
+            var parts = (error.Fields ?? new FieldProblem[0])
+                .Where(item => item != null && !string.IsNullOrEmpty(item.Field))
+                .Select(item => Printable(item.Field, 80) + (string.IsNullOrEmpty(item.Message)
+                    ? ""
+                    : " (" + Printable(Redact(item.Message), 200) + ")"));
             return string.Join(", ", parts);
         }
 
         /// <summary>Names only (traces, Misconfigured): error.fields[].field, error.settings[].setting.</summary>
-        private static string Names(Dictionary<string, object> error, string list, string member)
+        private static string Names<T>(T[] items, Func<T, string> name) where T : class
         {
-            var names = new List<string>();
-            var items = Json.Array(error, list);
-            if (items != null)
-            {
-                foreach (var item in items)
-                {
-                    var name = Json.String(item as Dictionary<string, object>, member);
-                    if (!string.IsNullOrEmpty(name))
-                    {
-                        names.Add(Printable(name, 80));
-                    }
-                }
-            }
+            var names = (items ?? new T[0]).Where(item => item != null).Select(name)
+                .Where(text => !string.IsNullOrEmpty(text)).Select(text => Printable(text, 80)).ToList();
             return names.Count > 0 ? string.Join(",", names) : "(none named)";
         }
 
@@ -419,15 +408,15 @@ namespace SmsChannel.Plugin
 
         private static string RequestIdOf(string payload)
         {
-            Dictionary<string, object> document;
-            var requestId = Json.TryReadObject(payload, out document) ? Json.String(document, "RequestId") : null;
+            var summary = JsonText.Read<MessageSummary>(payload);
+            var requestId = summary == null ? null : summary.RequestId;
             return string.IsNullOrEmpty(requestId) ? "(unknown)" : Printable(requestId, 100);
         }
 
         private static string StatusOf(string response)
         {
-            Dictionary<string, object> document;
-            var status = Json.TryReadObject(response, out document) ? Json.String(document, "Status") : null;
+            var summary = JsonText.Read<MessageSummary>(response);
+            var status = summary == null ? null : summary.Status;
             return string.IsNullOrEmpty(status) ? "(no Status)" : Printable(status, 40);
         }
 
@@ -444,312 +433,6 @@ namespace SmsChannel.Plugin
                 builder.Append(char.IsControl(c) ? '?' : c);
             }
             return builder.ToString();
-        }
-
-        // -- JSON (a small reader: no reflection, so nothing depends on the sandbox's trust level) ------------------
-
-        private static class Json
-        {
-            private const int MaxDepth = 64;
-
-            /// <summary>Parses a JSON object; false when the text is not JSON or not an object.</summary>
-            public static bool TryReadObject(string text, out Dictionary<string, object> value)
-            {
-                value = null;
-                if (string.IsNullOrWhiteSpace(text))
-                {
-                    return false;
-                }
-                try
-                {
-                    var reader = new Reader(text);
-                    var document = reader.ReadDocument();
-                    value = document as Dictionary<string, object>;
-                    return value != null;
-                }
-                catch (FormatException)
-                {
-                    return false;
-                }
-            }
-
-            /// <summary>The member's value when it is a string, otherwise null.</summary>
-            public static string String(Dictionary<string, object> document, string name)
-            {
-                object value;
-                return document != null && document.TryGetValue(name, out value) ? value as string : null;
-            }
-
-            public static Dictionary<string, object> Object(Dictionary<string, object> document, string name)
-            {
-                object value;
-                return document != null && document.TryGetValue(name, out value)
-                    ? value as Dictionary<string, object>
-                    : null;
-            }
-
-            public static List<object> Array(Dictionary<string, object> document, string name)
-            {
-                object value;
-                return document != null && document.TryGetValue(name, out value) ? value as List<object> : null;
-            }
-
-            private sealed class Reader
-            {
-                private readonly string _text;
-                private int _at;
-
-                public Reader(string text)
-                {
-                    _text = text;
-                }
-
-                public object ReadDocument()
-                {
-                    var value = ReadValue(0);
-                    SkipWhitespace();
-                    if (_at != _text.Length)
-                    {
-                        throw Error();
-                    }
-                    return value;
-                }
-
-                private object ReadValue(int depth)
-                {
-                    if (depth > MaxDepth)
-                    {
-                        throw Error();
-                    }
-                    SkipWhitespace();
-                    if (_at >= _text.Length)
-                    {
-                        throw Error();
-                    }
-                    var c = _text[_at];
-                    switch (c)
-                    {
-                        case '{': return ReadObject(depth);
-                        case '[': return ReadArray(depth);
-                        case '"': return ReadString();
-                        case 't': return ReadLiteral("true", true);
-                        case 'f': return ReadLiteral("false", false);
-                        case 'n': return ReadLiteral("null", null);
-                        default:
-                            if (c == '-' || (c >= '0' && c <= '9'))
-                            {
-                                return ReadNumber();
-                            }
-                            throw Error();
-                    }
-                }
-
-                private Dictionary<string, object> ReadObject(int depth)
-                {
-                    var result = new Dictionary<string, object>(StringComparer.Ordinal);
-                    _at++; // {
-                    SkipWhitespace();
-                    if (Peek() == '}')
-                    {
-                        _at++;
-                        return result;
-                    }
-                    while (true)
-                    {
-                        SkipWhitespace();
-                        if (Peek() != '"')
-                        {
-                            throw Error();
-                        }
-                        var name = ReadString();
-                        SkipWhitespace();
-                        Expect(':');
-                        result[name] = ReadValue(depth + 1); // the last duplicate wins, as in most readers
-                        SkipWhitespace();
-                        var next = Next();
-                        if (next == '}')
-                        {
-                            return result;
-                        }
-                        if (next != ',')
-                        {
-                            throw Error();
-                        }
-                    }
-                }
-
-                private List<object> ReadArray(int depth)
-                {
-                    var result = new List<object>();
-                    _at++; // [
-                    SkipWhitespace();
-                    if (Peek() == ']')
-                    {
-                        _at++;
-                        return result;
-                    }
-                    while (true)
-                    {
-                        result.Add(ReadValue(depth + 1));
-                        SkipWhitespace();
-                        var next = Next();
-                        if (next == ']')
-                        {
-                            return result;
-                        }
-                        if (next != ',')
-                        {
-                            throw Error();
-                        }
-                    }
-                }
-
-                private string ReadString()
-                {
-                    _at++; // opening quote
-                    var builder = new StringBuilder();
-                    while (true)
-                    {
-                        var c = Next();
-                        if (c == '"')
-                        {
-                            return builder.ToString();
-                        }
-                        if (c < 0x20)
-                        {
-                            throw Error();
-                        }
-                        if (c != '\\')
-                        {
-                            builder.Append(c);
-                            continue;
-                        }
-                        var escape = Next();
-                        switch (escape)
-                        {
-                            case '"': builder.Append('"'); break;
-                            case '\\': builder.Append('\\'); break;
-                            case '/': builder.Append('/'); break;
-                            case 'b': builder.Append('\b'); break;
-                            case 'f': builder.Append('\f'); break;
-                            case 'n': builder.Append('\n'); break;
-                            case 'r': builder.Append('\r'); break;
-                            case 't': builder.Append('\t'); break;
-                            case 'u':
-                                if (_at + 4 > _text.Length)
-                                {
-                                    throw Error();
-                                }
-                                int code;
-                                if (!int.TryParse(_text.Substring(_at, 4), NumberStyles.AllowHexSpecifier,
-                                        CultureInfo.InvariantCulture, out code))
-                                {
-                                    throw Error();
-                                }
-                                builder.Append((char)code);
-                                _at += 4;
-                                break;
-                            default:
-                                throw Error();
-                        }
-                    }
-                }
-
-                private double ReadNumber()
-                {
-                    var start = _at;
-                    while (_at < _text.Length && "+-0123456789.eE".IndexOf(_text[_at]) >= 0)
-                    {
-                        _at++;
-                    }
-                    double value;
-                    if (!double.TryParse(_text.Substring(start, _at - start), NumberStyles.Float,
-                            CultureInfo.InvariantCulture, out value))
-                    {
-                        throw Error();
-                    }
-                    return value;
-                }
-
-                private object ReadLiteral(string literal, object value)
-                {
-                    if (string.CompareOrdinal(_text, _at, literal, 0, literal.Length) != 0)
-                    {
-                        throw Error();
-                    }
-                    _at += literal.Length;
-                    return value;
-                }
-
-                private void SkipWhitespace()
-                {
-                    while (_at < _text.Length && (_text[_at] == ' ' || _text[_at] == '\t' || _text[_at] == '\n'
-                                                  || _text[_at] == '\r'))
-                    {
-                        _at++;
-                    }
-                }
-
-                private char Peek()
-                {
-                    return _at < _text.Length ? _text[_at] : '\0';
-                }
-
-                private char Next()
-                {
-                    if (_at >= _text.Length)
-                    {
-                        throw Error();
-                    }
-                    return _text[_at++];
-                }
-
-                private void Expect(char c)
-                {
-                    if (Next() != c)
-                    {
-                        throw Error();
-                    }
-                }
-
-                private FormatException Error()
-                {
-                    return new FormatException(
-                        "not JSON (at character " + _at.ToString(CultureInfo.InvariantCulture) + ")");
-                }
-            }
-
-            /// <summary>{"payload": "&lt;payload&gt;"}: the string unchanged, escaped as ASCII-only JSON.</summary>
-            public static string Envelope(string payload)
-            {
-                var builder = new StringBuilder(payload.Length + 16);
-                builder.Append("{\"payload\":\"");
-                foreach (var c in payload)
-                {
-                    switch (c)
-                    {
-                        case '"': builder.Append("\\\""); break;
-                        case '\\': builder.Append("\\\\"); break;
-                        case '\b': builder.Append("\\b"); break;
-                        case '\f': builder.Append("\\f"); break;
-                        case '\n': builder.Append("\\n"); break;
-                        case '\r': builder.Append("\\r"); break;
-                        case '\t': builder.Append("\\t"); break;
-                        default:
-                            if (c < 0x20 || c > 0x7e)
-                            {
-                                builder.Append("\\u").Append(((int)c).ToString("x4", CultureInfo.InvariantCulture));
-                            }
-                            else
-                            {
-                                builder.Append(c);
-                            }
-                            break;
-                    }
-                }
-                builder.Append("\"}");
-                return builder.ToString();
-            }
         }
     }
 }

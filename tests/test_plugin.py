@@ -1,11 +1,13 @@
-"""The forwarding plug-in (plugin/, C# for the Dataverse sandbox), built with mono's mcs and run under mono.
+"""The plug-ins (plugin/, C# for the Dataverse sandbox), built with mono's mcs and run under mono.
 
-The plug-in is compiled as the product rules say (every ``*.cs`` under plugin/ but tests, build output and
+The plug-ins are compiled as the product rules say (every ``*.cs`` under plugin/ but tests, build output and
 reference stubs; only the allowed framework references) against reference stubs of Microsoft.Xrm.Sdk
 (plugin/stubs), with a driver (plugin/tests/Driver.cs) that plays Dataverse: it builds one plug-in instance
-from the two configuration strings and calls Execute once per payload, concurrently. Targets: the app itself
-through the local host (Sent, NotSent, 503, 400) and small servers on 127.0.0.1 (a server that never answers,
-one that stops mid-answer, a refused connection, 429, 401, the request as sent).
+and calls Execute once per payload, concurrently.
+
+The forwarder's targets: the app itself through the local host (Sent, NotSent, 503, 400) and small servers on
+127.0.0.1 (a server that never answers, one that stops mid-answer, a refused connection, 429, 401, the request
+as sent). The relays' target: an organization service that records what it is asked to execute, as whom.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.inbound import InboundPayload
+from contracts.notification import NotificationPayload
+from contracts.status import ChannelStatus
 from tests.conftest import CUSTOMER, OUR_NUMBER, ROOT, payload_json
 from tests.e2e import free_port, local_host
 from tests.fakes.azurite import Azurite
@@ -73,13 +78,27 @@ class Build:
 
 
 @dataclass(frozen=True)
+class Call:
+    """One Execute on an organization service the plug-in asked the factory for."""
+
+    user_id: str | None  # None: the system user
+    request: str
+    parameters: list[dict[str, str | None]]  # [{"name", "type", "value"}]
+
+
+@dataclass(frozen=True)
 class Run:
     outcome: str
     exception_type: str | None
     message: str | None
-    response: str | None
+    outputs: dict[str, str]
     duration_ms: int
     traces: list[str]
+    calls: list[Call]
+
+    @property
+    def response(self) -> str | None:
+        return self.outputs.get("response")
 
     def trace_with(self, *parts: str) -> str:
         found = [line for line in self.traces if all(part in line for part in parts)]
@@ -156,10 +175,9 @@ def _arg(text: str | None) -> str:
     return "-" if text is None else base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
-def run_plugin(build: Build, unsecure: str | None, secure: str | None, *payloads: str | None) -> list[Run]:
-    """One plug-in instance, Execute once per payload (concurrently); one Run per payload, in order."""
+def _drive(build: Build, arguments: list[str], count: int) -> list[Run]:
     completed = subprocess.run(
-        ["mono", str(build.driver), *map(_arg, (unsecure, secure, *payloads))],
+        ["mono", str(build.driver), *arguments],
         capture_output=True,
         text=True,
         timeout=60,
@@ -168,7 +186,7 @@ def run_plugin(build: Build, unsecure: str | None, secure: str | None, *payloads
     )
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.splitlines()
-    assert len(lines) == len(payloads), completed.stdout + completed.stderr
+    assert len(lines) == count, completed.stdout + completed.stderr
     runs = []
     for line in lines:
         document = json.loads(line)
@@ -177,12 +195,20 @@ def run_plugin(build: Build, unsecure: str | None, secure: str | None, *payloads
                 outcome=document["outcome"],
                 exception_type=document["exceptionType"],
                 message=document["message"],
-                response=document["response"],
+                outputs=dict(document["outputs"]),
                 duration_ms=int(document["durationMs"]),
                 traces=list(document["traces"]),
+                calls=[
+                    Call(call["userId"], call["request"], call["parameters"]) for call in document["calls"]
+                ],
             )
         )
     return runs
+
+
+def run_plugin(build: Build, unsecure: str | None, secure: str | None, *payloads: str | None) -> list[Run]:
+    """One forwarder instance, Execute once per payload (concurrently); one Run per payload, in order."""
+    return _drive(build, [_arg(text) for text in (unsecure, secure, *payloads)], len(payloads))
 
 
 def run_one(build: Build, unsecure: str | None, secure: str | None, payload: str | None) -> Run:
@@ -212,16 +238,37 @@ def fresh_id(label: str) -> str:
 # -- what the build holds ------------------------------------------------------------------------------------
 
 
-def test_one_stateless_public_plugin_with_the_configuration_constructor(build: Build) -> None:
+@pytest.fixture(scope="module")
+def inspected(build: Build) -> dict[str, Any]:
     completed = subprocess.run(
         ["mono", str(build.driver), "--inspect"], capture_output=True, text=True, timeout=60, check=True
     )
-    inspected = json.loads(completed.stdout)
-    assert inspected["plugins"] == [
-        {"type": "SmsChannel.Plugin.OutboundForwarder", "constructors": ["System.String,System.String"]}
+    document: dict[str, Any] = json.loads(completed.stdout)
+    return document
+
+
+def test_three_stateless_public_plugins_under_the_names_provisioning_registers(
+    inspected: dict[str, Any],
+) -> None:
+    # provisioning registers the plug-in types by these full names (provisioning/base.py)
+    assert sorted(inspected["plugins"], key=lambda plugin: plugin["type"]) == [
+        {"type": "SmsChannel.Plugin.DeliveryReportRelay", "constructors": [""]},
+        {"type": "SmsChannel.Plugin.InboundRelay", "constructors": [""]},
+        {"type": "SmsChannel.Plugin.OutboundForwarder", "constructors": ["System.String,System.String"]},
     ]
     assert inspected["mutableStatics"] == []
     assert inspected["mutablePluginFields"] == []
+
+
+def test_json_contracts_are_readable_in_partial_trust(inspected: dict[str, Any]) -> None:
+    """The sandbox's partial trust lets DataContractJsonSerializer fill public types and members only."""
+    contracts = inspected["dataContracts"]
+    assert {"SmsChannel.Plugin.Wire.UnsecureConfiguration", "SmsChannel.Plugin.Wire.ErrorAnswer"} <= {
+        contract["type"] for contract in contracts
+    }
+    for contract in contracts:
+        assert contract["visible"] and contract["publicConstructor"], contract
+        assert contract["nonPublicMembers"] == [], contract
 
 
 # -- against the app on the local host -----------------------------------------------------------------------
@@ -370,10 +417,41 @@ def test_refused_key_names_the_setting_without_the_key(build: Build, server: Fak
     run.assert_discreet()
 
 
-def test_200_without_a_response_string_is_an_error(build: Build, server: FakeHttpServer) -> None:
-    run = run_one(build, answer_with(server, 200, {"Status": "Sent"}), secure_config(), payload("r"))
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"Status": "Sent"}, id="no-response"),
+        pytest.param({"response": {"Status": "Sent"}}, id="an-object"),
+        pytest.param({"response": 5}, id="a-number"),
+        pytest.param([{"response": "x"}], id="an-array"),
+        pytest.param(b"<html>Sent</html>", id="not-json"),
+        pytest.param(b'{"response": "{}"', id="cut-off"),
+    ],
+)
+def test_200_without_a_response_string_is_an_error(build: Build, server: FakeHttpServer, body: Any) -> None:
+    run = run_one(build, answer_with(server, 200, body), secure_config(), payload("r"))
     assert run.outcome == "exception" and run.message is not None and '"response"' in run.message
+    assert run.response is None
     run.trace_with("RequestId=r", "outcome=NoResponse")
+
+
+def test_misconfigured_app_names_its_settings(build: Build, server: FakeHttpServer) -> None:
+    error = {"code": "Misconfigured", "settings": [{"setting": "SMS_PROVIDER"}, {"setting": "TWILIO_FROM"}]}
+    run = run_one(build, answer_with(server, 503, {"error": error}), secure_config(), payload("m"))
+    run.assert_retry_later()
+    assert run.message is not None and "settings: SMS_PROVIDER,TWILIO_FROM" in run.message
+    run.trace_with("RequestId=m", "outcome=Misconfigured", "http=503")
+
+
+@pytest.mark.parametrize("seconds", [1, 2.5, 16])
+def test_timeouts_from_1_to_16_seconds_are_taken(
+    build: Build, server: FakeHttpServer, seconds: float
+) -> None:
+    answer_with(server, 200, {"response": '{"Status": "Sent"}'})
+    run = run_one(
+        build, unsecure_config(f"{server.url}/api/outbound", seconds), secure_config(), payload("t")
+    )
+    assert run.outcome == "ok" and run.response == '{"Status": "Sent"}', run.message
 
 
 class StallingServer:
@@ -498,10 +576,34 @@ NOWHERE = "http://127.0.0.1:9/api/outbound"  # never reached: a misconfigured st
             id="unsecure-not-json",
         ),
         pytest.param(
+            unsecure_config(NOWHERE) + "}",
+            secure_config(),
+            "the unsecure configuration is not a JSON object",
+            id="unsecure-then-more",
+        ),
+        pytest.param(
+            json.dumps({"url": NOWHERE, "notes": json.loads("[" * 70 + "]" * 70)}),
+            secure_config(),
+            "the unsecure configuration is not a JSON object",
+            id="unsecure-too-deep",
+        ),
+        pytest.param(
+            json.dumps([{"url": NOWHERE}]),
+            secure_config(),
+            "the unsecure configuration is not a JSON object",
+            id="unsecure-an-array",
+        ),
+        pytest.param(
             json.dumps({"url": "ftp://example.org/x"}),
             secure_config(),
             '"url" in the unsecure configuration',
             id="url-not-http",
+        ),
+        pytest.param(
+            json.dumps({"url": 443}),
+            secure_config(),
+            '"url" in the unsecure configuration',
+            id="url-a-number",
         ),
         pytest.param(unsecure_config(NOWHERE, 0), secure_config(), '"timeoutSeconds"', id="timeout-0"),
         pytest.param(unsecure_config(NOWHERE, 17), secure_config(), '"timeoutSeconds"', id="timeout-17"),
@@ -511,12 +613,30 @@ NOWHERE = "http://127.0.0.1:9/api/outbound"  # never reached: a misconfigured st
             '"timeoutSeconds"',
             id="timeout-string",
         ),
+        pytest.param(
+            json.dumps({"url": NOWHERE, "timeoutSeconds": True}),
+            secure_config(),
+            '"timeoutSeconds"',
+            id="timeout-true",
+        ),
+        pytest.param(
+            json.dumps({"url": NOWHERE, "timeoutSeconds": [15]}),
+            secure_config(),
+            '"timeoutSeconds"',
+            id="timeout-a-list",
+        ),
         pytest.param(unsecure_config(NOWHERE), None, "the secure configuration is empty", id="no-secure"),
         pytest.param(
             unsecure_config(NOWHERE),
             json.dumps({"key": FUNCTION_KEY}),
             '"functionKey" is missing',
             id="no-function-key",
+        ),
+        pytest.param(
+            unsecure_config(NOWHERE),
+            json.dumps({"functionKey": 12345}),
+            '"functionKey" is missing',
+            id="function-key-a-number",
         ),
         pytest.param(
             unsecure_config(NOWHERE),
@@ -539,3 +659,147 @@ def test_configuration_problems_are_named(
 def test_a_missing_payload_parameter_is_named(build: Build) -> None:
     run = run_one(build, unsecure_config(NOWHERE), secure_config(), None)
     assert run.outcome == "exception" and run.message is not None and '"payload"' in run.message
+
+
+# -- the relays: main operation of the delivery-report and inbound custom APIs -------------------------------
+
+
+@dataclass(frozen=True)
+class Relay:
+    type: str
+    parameter: str
+    base_action: str
+
+    @property
+    def name(self) -> str:
+        return self.type.rpartition(".")[2]
+
+
+RELAYS = [
+    pytest.param(
+        Relay(
+            "SmsChannel.Plugin.DeliveryReportRelay", "notificationPayLoad", "msdyn_D365ChannelsNotification"
+        ),
+        id="delivery-report",
+    ),
+    pytest.param(
+        Relay("SmsChannel.Plugin.InboundRelay", "inboundPayLoad", "msdyn_D365ChannelsInbound"), id="inbound"
+    ),
+]
+#: Non-ASCII, quotes, a backslash and a character outside the BMP: the payload's JSON carries \" and \\.
+NOTE = 'Café "Zum Löwen" \\ ✓ 😀 — reply "STOP"'
+RESPONSE_MESSAGE = '{"status": "Accepted", "note": "é ✓ \\"ok\\""}'
+#: Plays what Dataverse throws for a failed Execute (a FaultException<OrganizationServiceFault>).
+SIMULATED_FAULT = "SmsChannel.Plugin.Tests.Driver+SimulatedFault"
+
+
+def relay_payload(relay: Relay) -> str:
+    """The string the app sends (its own contracts), with both phone numbers and the text in it."""
+    if relay.parameter == "inboundPayLoad":
+        inbound = InboundPayload(
+            channel_definition_id=uuid.uuid4(),
+            to=OUR_NUMBER,
+            from_=CUSTOMER,
+            organization_id=str(uuid.uuid4()),
+            message={"text": NOTE},
+        )
+        text = inbound.to_wire_json()
+    else:
+        notification = NotificationPayload(
+            channel_definition_id=uuid.uuid4(),
+            request_id=fresh_id("report"),
+            message_id=f"SM{uuid.uuid4().hex}",
+            from_=CUSTOMER,
+            organization_id=str(uuid.uuid4()),
+            status=ChannelStatus.DELIVERED,
+            status_details={"ProviderStatus": "delivered", "To": OUR_NUMBER, "Note": NOTE},
+        )
+        text = notification.to_wire_json()
+    assert '\\"' in text and "é" in text and "😀" in text and CUSTOMER in text
+    return text
+
+
+def run_relay(
+    build: Build,
+    relay: Relay,
+    *payloads: str | None,
+    response_message: str | None = RESPONSE_MESSAGE,
+    failure: str | None = None,
+    parameter: str | None = None,
+) -> list[Run]:
+    """One relay instance, Execute once per payload (concurrently), the input under ``parameter``."""
+    arguments = ["--relay", relay.type, parameter or relay.parameter, _arg(response_message), _arg(failure)]
+    return _drive(build, [*arguments, *map(_arg, payloads)], len(payloads))
+
+
+def utf16_length(text: str) -> int:
+    """String.Length in .NET."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def assert_traces_discreet(run: Run) -> None:
+    traced = "\n".join(run.traces)
+    for secret in (CUSTOMER, OUR_NUMBER, "Zum Löwen", "STOP"):
+        assert secret not in traced
+
+
+@pytest.mark.parametrize("relay", RELAYS)
+def test_relay_hands_the_payload_unchanged_to_the_base_action_as_the_system_user(
+    build: Build, relay: Relay
+) -> None:
+    payloads = [relay_payload(relay) for _ in range(3)]  # one instance, three calls at once
+    runs = run_relay(build, relay, *payloads)
+    for text, run in zip(payloads, runs, strict=True):
+        assert run.outcome == "ok", run.message
+        parameters = [{"name": relay.parameter, "type": "System.String", "value": text}]
+        assert run.calls == [Call(user_id=None, request=relay.base_action, parameters=parameters)]
+        assert run.outputs == {"responseMessage": RESPONSE_MESSAGE}
+        run.trace_with(
+            f"{relay.name}: outcome=Relayed",
+            f"payloadChars={utf16_length(text)}",
+            f"responseMessageChars={utf16_length(RESPONSE_MESSAGE)}",
+        )
+        assert_traces_discreet(run)
+
+
+@pytest.mark.parametrize("relay", RELAYS)
+def test_relay_without_a_response_message_sets_none(build: Build, relay: Relay) -> None:
+    [run] = run_relay(build, relay, relay_payload(relay), response_message=None)
+    assert run.outcome == "ok", run.message
+    assert run.outputs == {} and len(run.calls) == 1
+    run.trace_with("outcome=Relayed", "responseMessageChars=(none)")
+
+
+@pytest.mark.parametrize("relay", RELAYS)
+@pytest.mark.parametrize(
+    ("text", "parameter"),
+    [
+        pytest.param(None, None, id="missing"),
+        pytest.param("", None, id="empty"),
+        pytest.param("  ", None, id="blank"),
+        pytest.param('{"From": "' + CUSTOMER + '"}', "payload", id="under-another-name"),
+    ],
+)
+def test_relay_refuses_a_missing_or_empty_payload_by_name(
+    build: Build, relay: Relay, text: str | None, parameter: str | None
+) -> None:
+    [run] = run_relay(build, relay, text, parameter=parameter)
+    assert run.outcome == "exception" and run.exception_type == PLUGIN_EXCEPTION
+    assert run.message is not None and f'"{relay.parameter}"' in run.message
+    assert run.calls == [] and run.outputs == {}
+    run.trace_with(f"{relay.name}: outcome=NoPayload")
+    assert_traces_discreet(run)
+
+
+@pytest.mark.parametrize("relay", RELAYS)
+def test_the_base_actions_failure_reaches_the_caller_untraced(build: Build, relay: Relay) -> None:
+    text = relay_payload(relay)
+    failure = f"{relay.base_action}: the channel instance for {CUSTOMER} was not found (0x80040217)"
+    [run] = run_relay(build, relay, text, failure=failure)
+    assert run.outcome == "exception"
+    assert (run.exception_type, run.message) == (SIMULATED_FAULT, failure)
+    assert len(run.calls) == 1 and run.outputs == {}
+    run.trace_with(
+        f"{relay.name}: outcome=Failed", "error=SimulatedFault", f"payloadChars={utf16_length(text)}"
+    )
+    assert_traces_discreet(run)

@@ -1,11 +1,15 @@
-// Reference stubs of the Microsoft.Xrm.Sdk types the forwarding plug-in uses, for compiling and testing it with
+// Reference stubs of the Microsoft.Xrm.Sdk types the plug-ins use, for compiling and testing it with
 // mono where the real assembly (NuGet Microsoft.CrmSdk.CoreAssemblies) is not available. NOT part of the plug-in:
 // the real build (SmsChannel.Plugin.csproj) excludes this folder and references the real SDK.
 //
 // Namespaces, type names, member names and signatures follow the real SDK (Microsoft.Xrm.Sdk.dll 9.0.x), with
 // these deliberate simplifications:
 //   - members no test needs are left out (IExecutionContext's PreEntityImages, PostEntityImages and
-//     OwningExtension, whose types would drag in Entity and EntityReference; the newer IPluginExecutionContext2..7);
+//     OwningExtension, whose types would drag in Entity and EntityReference; the newer IPluginExecutionContext2..7;
+//     IOrganizationService's Create, Retrieve, Update, Delete, Associate, Disassociate and RetrieveMultiple, which
+//     would drag in Entity, ColumnSet, QueryBase and Relationship: the stub has Execute only);
+//   - OrganizationRequest and OrganizationResponse are plain classes here: the real ones are [DataContract]s
+//     implementing IExtensibleDataObject (ExtensionData), which only the SDK's own WCF client uses;
 //   - the real InvalidPluginExecutionException derives from
 //     System.ServiceModel.FaultException<OrganizationServiceFault>; here it derives from Exception, so the stubs
 //     need no System.ServiceModel (which the Debian mono packages used by the tests do not include);
@@ -99,9 +103,73 @@ namespace Microsoft.Xrm.Sdk
         IEnumerator IEnumerable.GetEnumerator() { return GetEnumerator(); }
     }
 
-    /// <summary>Same as the SDK: InputParameters, OutputParameters, SharedVariables.</summary>
+    /// <summary>Same as the SDK: Input/OutputParameters, SharedVariables, a request's Parameters, Results.</summary>
     public sealed class ParameterCollection : DataCollection<string, object>
     {
+    }
+
+    /// <summary>Same as the SDK: the service provider's factory of organization services.</summary>
+    public interface IOrganizationServiceFactory
+    {
+        /// <summary>null: the SYSTEM user; otherwise the systemuser with that id (e.g. context.UserId).</summary>
+        IOrganizationService CreateOrganizationService(Guid? userId);
+    }
+
+    /// <summary>The SDK's organization service, Execute only (see the note at the top of the file).</summary>
+    public interface IOrganizationService
+    {
+        OrganizationResponse Execute(OrganizationRequest request);
+    }
+
+    /// <summary>Same members as the SDK: a message by name, with its parameters.</summary>
+    public class OrganizationRequest
+    {
+        private ParameterCollection _parameters;
+
+        public OrganizationRequest()
+        {
+        }
+
+        public OrganizationRequest(string requestName)
+        {
+            RequestName = requestName;
+        }
+
+        public string RequestName { get; set; }
+
+        public object this[string parameterName]
+        {
+            get { return Parameters[parameterName]; }
+            set { Parameters[parameterName] = value; }
+        }
+
+        public ParameterCollection Parameters
+        {
+            get { return _parameters ?? (_parameters = new ParameterCollection()); }
+            set { _parameters = value; }
+        }
+
+        public Guid? RequestId { get; set; }
+    }
+
+    /// <summary>Same members as the SDK: a message's results by name.</summary>
+    public class OrganizationResponse
+    {
+        private ParameterCollection _results;
+
+        public string ResponseName { get; set; }
+
+        public object this[string parameterName]
+        {
+            get { return Results[parameterName]; }
+            set { Results[parameterName] = value; }
+        }
+
+        public ParameterCollection Results
+        {
+            get { return _results ?? (_results = new ParameterCollection()); }
+            set { _results = value; }
+        }
     }
 
     /// <summary>Same as the SDK: the status carried by an InvalidPluginExecutionException.</summary>
