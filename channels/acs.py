@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections import Counter
 from collections.abc import AsyncGenerator, Generator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -60,6 +61,7 @@ from channels.events import (
     InboundSms,
     InvalidWebhook,
     ParsedWebhook,
+    PayloadTooLarge,
     WebhookAck,
     WebhookKind,
     WebhookRejected,
@@ -90,6 +92,10 @@ ACS_RESOURCE = "https://communication.azure.com"
 #: Event Grid's output batching delivers up to 1 MB per request (the preferred batch size in KB is
 #: at most 1024); the margin covers headers counted differently.
 MAX_WEBHOOK_BYTES = 1024 * 1024 + 64 * 1024
+#: Event Grid's output batching delivers at most 5,000 events per request ("Max events per batch
+#: ... Must be between 1 and 5,000", Microsoft Learn, event-grid/delivery-and-retry). A body with
+#: more is answered 413, which Event Grid does not retry: the same body would only come again.
+MAX_EVENTS_PER_DELIVERY = 5000
 
 
 class AcsSettings(BaseSettings):
@@ -256,18 +262,15 @@ class AcsAdapter:
     # -- webhooks (Event Grid, Event Grid schema) ----------------------------------------------
 
     def verify_webhook(self, request: WebhookRequest) -> None:
-        """The shared secret (current or previous); a subscription's validation handshake needs
-        none: it only echoes a code or an origin, and whether Event Grid sends the subscription's
-        delivery headers with it is not documented."""
-        if _handshake(request) is not None:
-            return
+        """The shared secret, current or previous, on every request: a subscription's validation
+        handshake included, since answering it is what lets a subscription deliver here."""
+        if self.settings.webhook_secret is None:
+            # Event Grid drops what is answered 401/403: say "later" until the setting is fixed
+            raise ConfigurationError.single("ACS_WEBHOOK_SECRET", "required to verify Event Grid deliveries")
         received = request.header("X-Webhook-Secret") or request.query.get("secret")
         if not received:
             raise WebhookRejected(401, "no webhook secret (?secret= or X-Webhook-Secret)")
         secrets = [s for s in (self.settings.webhook_secret, self.settings.webhook_secret_previous) if s]
-        if not secrets:
-            # Event Grid drops what is answered 401/403: say "later" until the setting is fixed
-            raise ConfigurationError.single("ACS_WEBHOOK_SECRET", "required to verify Event Grid deliveries")
         if not any(same(secret.get_secret_value(), received) for secret in secrets):
             raise WebhookRejected(403, "webhook secret does not match")
 
@@ -284,15 +287,22 @@ class AcsAdapter:
         """Event Grid schema (an array, ``eventType``) or CloudEvents 1.0 (``type``; one event, or a
         batch array). An event that cannot be read is set aside; the others are relayed, since
         Event Grid never re-delivers what was answered 400."""
-        handshake = _handshake(request)
-        if handshake is not None:
-            return ParsedWebhook(handshake=handshake)
-        events = request.json()
-        if isinstance(events, dict):
-            events = [events]
+        if request.method.upper() == "OPTIONS":
+            return ParsedWebhook(handshake=_cloudevents_handshake(request))
+        document = request.json()
+        events = [document] if isinstance(document, dict) else document
         if not isinstance(events, list):
             raise InvalidWebhook("expected an array of Event Grid events or a CloudEvent")
+        if len(events) > MAX_EVENTS_PER_DELIVERY:
+            raise PayloadTooLarge(
+                f"{len(events)} events; Event Grid delivers at most {MAX_EVENTS_PER_DELIVERY:,} at once"
+            )
+        if isinstance(document, list) and len(events) == 1:
+            validation = _validation_answer(events[0])
+            if validation is not None:
+                return ParsedWebhook(handshake=validation)
         parsed = ParsedWebhook()
+        other_types: Counter[str] = Counter()
         for raw in events:
             event = _folded(raw)
             event_type = event.get("eventtype", event.get("type"))
@@ -300,7 +310,7 @@ class AcsAdapter:
                 parsed.unreadable.append((raw, "not an event: no eventType or type"))
                 continue
             if event_type.lower() != wanted.lower():
-                log.info("acs: %s event acknowledged, not relayed", _printable(event_type))
+                other_types[_printable(event_type)] += 1
                 continue  # another event type routed here: not ours to relay
             data = _folded(event.get("data"))
             message_id = data.get("messageid")
@@ -318,30 +328,28 @@ class AcsAdapter:
                         text=str(data.get("message", "")),
                     )
                 )
+        if other_types:
+            log.info(
+                "acs: %d event(s) of other types acknowledged, not relayed: %s",
+                other_types.total(),
+                ", ".join(f"{name} ({count})" for name, count in other_types.most_common(5)),
+            )
         return parsed
 
 
-def _handshake(request: WebhookRequest) -> WebhookAck | None:
-    """The answer to a subscription's validation, if ``request`` is one.
+def _cloudevents_handshake(request: WebhookRequest) -> WebhookAck:
+    """CloudEvents 1.0 validation: an OPTIONS request with ``WebHook-Request-Origin``, answered
+    with ``WebHook-Allowed-Origin``."""
+    origin = request.header("WebHook-Request-Origin")
+    if not origin:
+        raise InvalidWebhook("OPTIONS without WebHook-Request-Origin")
+    return WebhookAck(headers={"WebHook-Allowed-Origin": origin[:200], "Allow": "POST, OPTIONS"})
 
-    CloudEvents 1.0: an OPTIONS request with ``WebHook-Request-Origin``, answered with
-    ``WebHook-Allowed-Origin``. Event Grid schema: a POST whose only event is a
-    SubscriptionValidationEvent, answered with its ``validationCode``.
-    """
-    if request.method.upper() == "OPTIONS":
-        origin = request.header("WebHook-Request-Origin")
-        if not origin:
-            raise InvalidWebhook("OPTIONS without WebHook-Request-Origin")
-        return WebhookAck(headers={"WebHook-Allowed-Origin": origin[:200], "Allow": "POST, OPTIONS"})
-    if b"ubscriptionValidation" not in request.body:  # cheap test before parsing every delivery
-        return None
-    try:
-        events = json.loads(request.body)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(events, list) or len(events) != 1:
-        return None
-    event = _folded(events[0])
+
+def _validation_answer(raw: Any) -> WebhookAck | None:
+    """The answer to Event Grid's validation (a SubscriptionValidationEvent alone, its
+    ``validationCode`` echoed), if ``raw`` is one."""
+    event = _folded(raw)
     if str(event.get("eventtype", "")).lower() != VALIDATION_EVENT.lower():
         return None
     code = _folded(event.get("data")).get("validationcode")

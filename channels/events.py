@@ -2,14 +2,23 @@
 
 Verification runs before parsing. A provider's ``verify_webhook`` raises :class:`WebhookRejected`
 (401 when credentials are missing, 403 when they are wrong or stale); ``parse_*`` raise
-:class:`InvalidWebhook` (400) for bodies that cannot be read.
+:class:`InvalidWebhook` (400) for bodies that cannot be read and :class:`PayloadTooLarge` (413) for
+more than the provider ever sends at once.
+
+A body's shape is bounded where it is read, so that nothing after it depends on the stack: JSON
+nested deeper than :data:`MAX_JSON_DEPTH` has its deeper values replaced by :data:`LEFT_OUT` before
+it is parsed (``json.loads`` alone would fail, or not, depending on how deep the caller's stack is,
+and ``str``, ``repr``, pydantic and ``json.dumps`` recurse over what it returns); a form may have
+:data:`MAX_FORM_FIELDS` fields.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import accumulate
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
@@ -17,6 +26,9 @@ from contracts import ChannelStatus
 from core.enums import StrEnum
 
 __all__ = [
+    "LEFT_OUT",
+    "MAX_FORM_FIELDS",
+    "MAX_JSON_DEPTH",
     "ROUTE_PREFIX",
     "WEBHOOK_ROUTE",
     "DeliveryEvent",
@@ -25,6 +37,7 @@ __all__ = [
     "InboundSms",
     "InvalidWebhook",
     "ParsedWebhook",
+    "PayloadTooLarge",
     "WebhookAck",
     "WebhookKind",
     "WebhookRejected",
@@ -63,6 +76,54 @@ class InvalidWebhook(ValueError):
     pass
 
 
+class PayloadTooLarge(ValueError):
+    """More than the provider ever sends in one webhook: bytes, or events of a batch (413)."""
+
+
+#: Levels of JSON nesting read from a webhook; providers nest about five. Deeper values are
+#: replaced by LEFT_OUT, so whatever walks the document recurses at most one level more.
+MAX_JSON_DEPTH = 32
+#: What stands for a value nested deeper than MAX_JSON_DEPTH: an object, so that it never passes
+#: for an id or a text the way a string would.
+LEFT_OUT = {"\u2026": f"nested deeper than {MAX_JSON_DEPTH} levels, left out"}
+#: Form fields read from a webhook; providers send a few dozen.
+MAX_FORM_FIELDS = 1000
+
+_JSON_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+#: Everything of a JSON text but its brackets (a quote that opens no complete string stays).
+_NOT_BRACKETS = re.compile(_JSON_STRING + r'|[^\[\]{}"]+', re.DOTALL)
+_STRING_OR_BRACKETS = re.compile(_JSON_STRING + r"|[\[{]+|[\]}]+", re.DOTALL)
+_NESTING_STEP = {"[": 1, "{": 1, "]": -1, "}": -1, '"': 0}
+_LEFT_OUT_JSON = json.dumps(LEFT_OUT)
+
+
+def _json_nesting(text: str) -> int:
+    """How deeply arrays and objects nest in the JSON ``text``, strings skipped, without recursion.
+
+    Exact up to the first syntax error, which is as far as ``json.loads`` reads before it fails."""
+    brackets = _NOT_BRACKETS.sub("", text)
+    return max(accumulate(map(_NESTING_STEP.__getitem__, brackets)), default=0)
+
+
+def _within_depth(text: str) -> str:
+    """``text`` with every value nested deeper than MAX_JSON_DEPTH replaced by LEFT_OUT."""
+    kept: list[str] = []
+    depth = resume_at = 0
+    for match in _STRING_OR_BRACKETS.finditer(text):  # runs of brackets: "[[[[" is one step
+        run, before = match.group(), depth
+        if run[0] in "[{":
+            depth += len(run)
+            if before <= MAX_JSON_DEPTH < depth:  # this run opens the first level too deep
+                kept += (text[resume_at : match.start() + MAX_JSON_DEPTH - before], _LEFT_OUT_JSON)
+        elif run[0] in "]}":
+            depth -= len(run)
+            if depth <= MAX_JSON_DEPTH < before:  # and this one closes it
+                resume_at = match.start() + before - MAX_JSON_DEPTH
+    if depth <= MAX_JSON_DEPTH:  # else a value never closes: the text stays cut, and unreadable
+        kept.append(text[resume_at:])
+    return "".join(kept)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WebhookRequest:
     method: str
@@ -77,17 +138,28 @@ class WebhookRequest:
 
     def form(self) -> list[tuple[str, str]]:
         try:
-            return parse_qsl(self.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+            text = self.body.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidWebhook("the form body is not UTF-8") from None
+        try:
+            return parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        except ValueError:
+            raise InvalidWebhook(f"the form has more than {MAX_FORM_FIELDS} fields") from None
 
     def form_dict(self) -> dict[str, str]:
         return dict(self.form())
 
     def json(self) -> Any:
+        """The JSON body, values nested deeper than MAX_JSON_DEPTH replaced by LEFT_OUT."""
         try:
-            return json.loads(self.body.decode("utf-8-sig"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
+            text = self.body.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise InvalidWebhook("the body is not JSON") from None
+        if _json_nesting(text) > MAX_JSON_DEPTH:
+            text = _within_depth(text)
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):
             raise InvalidWebhook("the body is not JSON") from None
 
 

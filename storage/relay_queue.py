@@ -13,7 +13,9 @@ import base64
 import contextlib
 import json
 import uuid
+from collections import Counter, deque
 from datetime import datetime, timezone
+from itertools import islice
 from typing import Annotated, Any, Literal
 
 from azure.core.exceptions import AzureError, ResourceExistsError
@@ -33,13 +35,22 @@ __all__ = [
     "RelayJob",
     "RelayQueue",
     "decode_job",
+    "excerpt",
     "fits_on_queue",
+    "reasons_summary",
+    "unrelayable_record",
 ]
 
 RELAY_QUEUE = "relay-jobs"
 POISON_QUEUE = f"{RELAY_QUEUE}-poison"
 #: Azure Storage queue messages hold at most 64 KiB, counted on the base64 text the host reads.
 MAX_MESSAGE_BYTES = 64 * 1024
+#: The events a poison record of unrelayable events shows, in characters of ASCII JSON: with the
+#: rest of the record, well inside one queue message once base64-encoded.
+MAX_KEPT_CHARS = 40_000
+#: How an event is cut for that record, tried in turn until it fits what is left of the record:
+#: (levels of nesting, entries per array or object, characters per string, values in all).
+_EXCERPT_CUTS = ((8, 50, 1000, 400), (4, 20, 200, 100), (2, 5, 50, 20))
 
 
 def _scrub(value: object) -> object:
@@ -131,15 +142,83 @@ def fits_on_queue(job: RelayJob) -> bool:
     return len(job.encode()) <= MAX_MESSAGE_BYTES
 
 
-def _shortened(value: Any, limit: int = 2000) -> Any:
-    """``value`` with every string cut to ``limit`` characters (a record that must fit a message)."""
-    if isinstance(value, str):
-        return value if len(value) <= limit else f"{value[:limit]}… ({len(value)} characters)"
-    if isinstance(value, dict):
-        return {str(k)[:limit]: _shortened(v, limit) for k, v in list(value.items())[:100]}
-    if isinstance(value, (list, tuple)):
-        return [_shortened(v, limit) for v in value[:100]]
-    return value if isinstance(value, (int, float, bool)) or value is None else str(value)[:limit]
+def excerpt(value: Any, *, depth: int = 8, items: int = 50, chars: int = 1000, values: int = 400) -> Any:
+    """``value`` cut for a record, walked breadth first without recursion: ``depth`` levels of
+    nesting, the first ``items`` entries of each array or object, ``chars`` characters of each
+    string and key, ``values`` values in all. Each cut says what it left out."""
+    root: list[Any] = [None]
+    pending: deque[tuple[Any, Any, Any, int]] = deque([(value, root, 0, 0)])
+    taken = 0
+    while pending:
+        source, parent, slot, level = pending.popleft()
+        taken += 1
+        if isinstance(source, str):
+            parent[slot] = source if len(source) <= chars else f"{source[:chars]}… ({len(source)} characters)"
+        elif source is None or isinstance(source, (bool, int, float)):
+            parent[slot] = source
+        elif isinstance(source, (dict, list, tuple)):
+            room = min(items, values - taken - len(pending))
+            if level >= depth or room < 1:
+                parent[slot] = f"… ({type(source).__name__} of {len(source)} left out)"
+                continue
+            more = f"{len(source) - room} more left out" if len(source) > room else None
+            if isinstance(source, dict):
+                fields: dict[str, Any] = {}
+                for key, child in islice(source.items(), room):
+                    name = str(key)[:chars]
+                    fields[name] = None
+                    pending.append((child, fields, name, level + 1))
+                if more:
+                    fields["…"] = more
+                parent[slot] = fields
+            else:
+                entries: list[Any] = [None] * min(room, len(source))
+                for index, child in enumerate(source[:room]):
+                    pending.append((child, entries, index, level + 1))
+                if more:
+                    entries.append(f"… {more}")
+                parent[slot] = entries
+        else:  # no JSON value: a parsed event holds none, a dataclass field may (an enum)
+            parent[slot] = str(source)[:chars]
+    return root[0]
+
+
+def reasons_summary(unrelayable: list[tuple[Any, str]]) -> str:
+    """Why events cannot be relayed, each reason once with how many events it concerns."""
+    counts = Counter(reason[:200] for _, reason in unrelayable)
+    shown = "; ".join(f"{reason} ({count})" for reason, count in counts.most_common(5))
+    others = len(counts) - 5
+    return (shown + (f"; {others} other reasons" if others > 0 else ""))[:500]
+
+
+def unrelayable_record(provider: str, webhook: str, unrelayable: list[tuple[Any, str]]) -> bytes:
+    """The poison record of one webhook's events that cannot be relayed, each as received with why,
+    as ASCII JSON of at most about MAX_KEPT_CHARS characters whatever the events hold: events are
+    cut (``excerpt``), and those that no longer fit are only counted (``left_out``)."""
+    shown: list[dict[str, Any]] = []
+    room = MAX_KEPT_CHARS
+    for record, reason in unrelayable:
+        for depth, items, chars, values in _EXCERPT_CUTS:
+            entry = {
+                "reason": reason[:300],
+                "event": excerpt(record, depth=depth, items=items, chars=chars, values=values),
+            }
+            size = len(json.dumps(entry, default=str))
+            if size <= room:
+                shown.append(entry)
+                room -= size + 2
+                break
+        else:
+            break  # the record is full: later events are counted, not shown
+    kept = {
+        "provider": provider,
+        "webhook": webhook,
+        "last_error": f"{len(unrelayable)} event(s) cannot be relayed: {reasons_summary(unrelayable)}"[:500],
+        "total": len(unrelayable),
+        "left_out": len(unrelayable) - len(shown),
+        "unrelayable": shown,
+    }
+    return json.dumps(kept, ensure_ascii=True, default=str).encode("ascii")
 
 
 class RelayQueue:
@@ -186,12 +265,10 @@ class RelayQueue:
         telemetry.POISONED.add(1, {"Provider": job.provider, "Kind": job.kind})
         telemetry.note_relay_outcome("poisoned")
 
-    async def keep_unrelayable(self, provider: str, record: Any, reason: str) -> None:
-        """Keep what a webhook reported but cannot be relayed in the poison queue, for an operator
-        (``replay_poison`` leaves it there: it is no job)."""
-        kept = {"unrelayable": _shortened(record), "provider": provider, "last_error": reason[:500]}
-        body = json.dumps(kept, ensure_ascii=True, default=str).encode("ascii")
-        await self.poison_raw(body, provider=provider)
+    async def keep_unrelayable(self, provider: str, webhook: str, unrelayable: list[tuple[Any, str]]) -> None:
+        """Keep what one webhook reported but cannot be relayed in the poison queue, as one record
+        for an operator (``unrelayable_record``; ``replay_poison`` leaves it there: it is no job)."""
+        await self.poison_raw(unrelayable_record(provider, webhook, unrelayable), provider=provider)
 
     async def poison_raw(self, body: bytes, *, provider: str | None = None) -> None:
         """Keep a message that is no relay job (or none any more) in the poison queue."""

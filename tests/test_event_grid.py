@@ -1,11 +1,14 @@
 """Event Grid (ACS) deliveries: no event lost to a refusal Event Grid never retries (400, 401, 403,
-413), both event schemas, the validation handshakes, secret rotation; and what holds for every
-provider: a missing verification secret is 503, an event too large for the queue is kept."""
+413), both event schemas, the validation handshakes (only with the secret), secret rotation, a
+delivery's unrelayable events kept as one bounded poison record, bodies of any depth and width
+answered in bounded time; and what holds for every provider: a missing verification secret is
+503, an event too large for the queue is kept."""
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,8 +16,11 @@ from typing import Any
 import azure.functions as func
 import pytest
 
+from channels.acs import MAX_EVENTS_PER_DELIVERY
+from channels.events import LEFT_OUT
 from channels.simulator import sign_webhook
 from contracts import ChannelStatus
+from storage.relay_queue import MAX_MESSAGE_BYTES, unrelayable_record
 from tests.conftest import CUSTOMER, OUR_NUMBER, RelayQueues
 from tests.doubles import app_function
 from tests.fakes.azurite import Azurite
@@ -22,6 +28,8 @@ from tests.test_webhooks import event
 from usecases.composition import Services
 
 DELIVERY = "Microsoft.Communication.SMSDeliveryReportReceived"
+VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
+CODE = "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"
 SOURCE = "/subscriptions/x/resourceGroups/y/providers/Microsoft.Communication/communicationServices/c"
 SECRET, PREVIOUS = "current-" + uuid.uuid4().hex, "previous-" + uuid.uuid4().hex
 
@@ -87,14 +95,41 @@ def kept(relay_queues: RelayQueues) -> list[dict[str, Any]]:
     ]
 
 
+def validation_event() -> list[dict[str, Any]]:
+    return [event(VALIDATION, {"validationCode": CODE, "validationUrl": "https://eventgrid.example/v"})]
+
+
+ORIGIN = {"WebHook-Request-Origin": "eventgrid.azure.net"}
+
+
+@pytest.mark.parametrize("previous_only", [False, True], ids=["no secret", "only the previous one"])
 async def test_an_unset_secret_is_503_so_that_event_grid_retries(
-    acs: Services, monkeypatch: pytest.MonkeyPatch, relay_queues: RelayQueues
+    acs: Services, monkeypatch: pytest.MonkeyPatch, relay_queues: RelayQueues, previous_only: bool
 ) -> None:
     monkeypatch.delenv("ACS_WEBHOOK_SECRET")
-    monkeypatch.delenv("ACS_WEBHOOK_SECRET_PREVIOUS")
-    response = await post(Services(), json.dumps([report("Outgoing_1")]).encode(), secret="anything")
-    assert response.status_code == 503 and response.headers["Retry-After"]
-    assert "ACS_WEBHOOK_SECRET" not in response.get_body().decode()  # anonymous callers learn no names
+    if not previous_only:
+        monkeypatch.delenv("ACS_WEBHOOK_SECRET_PREVIOUS")
+    services = Services()
+    answers = (
+        [
+            await post(services, json.dumps([report("Outgoing_1")]).encode(), secret=secret)
+            for secret in ("anything", PREVIOUS, None)
+        ]
+        + [
+            await post(services, json.dumps(validation_event()).encode(), secret=secret)
+            for secret in (PREVIOUS, None)
+        ]
+        + [
+            await post(services, b"", method="OPTIONS", secret=secret, headers=ORIGIN)
+            for secret in (PREVIOUS, None)
+        ]
+    )
+    await services.aclose()
+    for response in answers:  # handshakes included, with or without a secret
+        assert response.status_code == 503 and response.headers["Retry-After"]
+        body = response.get_body().decode()
+        assert "ACS_WEBHOOK_SECRET" not in body  # anonymous callers learn no names
+        assert CODE not in body and "WebHook-Allowed-Origin" not in response.headers
     assert relay_queues.count(relay_queues.jobs) == 0
 
 
@@ -130,9 +165,18 @@ async def test_one_malformed_event_does_not_cost_the_others(acs: Services, relay
         "Outgoing_a",
         "Outgoing_b",
     ]
-    reasons = sorted(record["last_error"] for record in kept(relay_queues))
-    assert reasons == [f"{DELIVERY} without a messageId", "not an event: no eventType or type"]
-    assert kept(relay_queues)[0]["provider"] == "acs"
+    [record] = kept(relay_queues)  # one record for the delivery, however many events it sets aside
+    assert (record["provider"], record["webhook"], record["total"], record["left_out"]) == (
+        "acs",
+        "delivery-reports",
+        2,
+        0,
+    )
+    assert record["unrelayable"] == [
+        {"reason": f"{DELIVERY} without a messageId", "event": broken},
+        {"reason": "not an event: no eventType or type", "event": "not an event"},
+    ]
+    assert f"{DELIVERY} without a messageId (1)" in record["last_error"]
 
 
 async def test_a_batch_near_1_mb_is_taken_and_other_providers_keep_their_limit(
@@ -153,26 +197,35 @@ async def test_a_batch_near_1_mb_is_taken_and_other_providers_keep_their_limit(
     assert answer.status_code == 413  # MAX_BODY_BYTES, 64 KiB by default
 
 
-async def test_cloudevents_validation_handshake(acs: Services) -> None:
-    response = await post(
-        acs, b"", method="OPTIONS", secret=None, headers={"WebHook-Request-Origin": "eventgrid.azure.net"}
-    )
-    assert response.status_code == 200
-    assert response.headers["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
+async def test_cloudevents_validation_handshake_needs_the_secret(acs: Services) -> None:
+    for secret in (SECRET, PREVIOUS):
+        response = await post(acs, b"", method="OPTIONS", secret=secret, headers=ORIGIN)
+        assert response.status_code == 200
+        assert response.headers["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
+    for secret, status in ((None, 401), ("guessed", 403)):
+        response = await post(acs, b"", method="OPTIONS", secret=secret, headers=ORIGIN)
+        assert response.status_code == status
+        assert "WebHook-Allowed-Origin" not in response.headers
 
 
-async def test_event_grid_validation_needs_no_secret(acs: Services, relay_queues: RelayQueues) -> None:
-    validation = event(
-        "Microsoft.EventGrid.SubscriptionValidationEvent",
-        {"validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6", "validationUrl": "https://x"},
-    )
-    response = await post(acs, json.dumps([validation]).encode(), secret=None)
-    assert response.status_code == 200
-    assert json.loads(response.get_body()) == {"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}
-    # a validation event does not open the door to events riding along with it
-    smuggled = json.dumps([validation, report("Outgoing_smuggled")]).encode()
+async def test_event_grid_validation_needs_the_secret(acs: Services, relay_queues: RelayQueues) -> None:
+    body = json.dumps(validation_event()).encode()
+    for secret in (SECRET, PREVIOUS):
+        response = await post(acs, body, secret=secret)
+        assert response.status_code == 200
+        assert json.loads(response.get_body()) == {"validationResponse": CODE}
+    for secret, status in ((None, 401), ("guessed", 403)):
+        response = await post(acs, body, secret=secret)
+        assert response.status_code == status and CODE not in response.get_body().decode()
+    header = await post(acs, body, secret=None, headers={"X-Webhook-Secret": SECRET})
+    assert json.loads(header.get_body()) == {"validationResponse": CODE}
+    # a validation event does not open the door to events riding along with it, nor is it echoed
+    smuggled = json.dumps([*validation_event(), report("Outgoing_smuggled")]).encode()
     assert (await post(acs, smuggled, secret=None)).status_code == 401
     assert relay_queues.count(relay_queues.jobs) == 0
+    alongside = await post(acs, smuggled)
+    assert alongside.status_code == 200 and CODE not in alongside.get_body().decode()
+    assert [j.message_id for j in relay_queues.visible_jobs(relay_queues.jobs)] == ["Outgoing_smuggled"]
 
 
 async def test_cloudevents_schema_single_and_batched(acs: Services, relay_queues: RelayQueues) -> None:
@@ -221,5 +274,92 @@ async def test_an_event_too_large_for_a_queue_message_is_kept_not_retried_foreve
     assert response.status_code == 200
     assert relay_queues.count(relay_queues.jobs) == 0
     [record] = kept(relay_queues)
-    assert record["last_error"] == "too large for a queue message"
-    assert record["unrelayable"]["message_id"] == "SMlong"
+    [entry] = record["unrelayable"]
+    assert entry["reason"] == "too large for a queue message"
+    assert entry["event"]["message_id"] == "SMlong"
+    assert entry["event"]["text"].endswith("(50000 characters)")
+
+
+async def test_deep_nesting_costs_only_the_events_it_makes_unreadable(
+    acs: Services, relay_queues: RelayQueues
+) -> None:
+    """Nesting deeper than any stack inside events of a valid delivery: the events that can still
+    be read are relayed, the others kept in one record, and nothing recurses over the depth."""
+    deep = "[" * 100_000 + "]" * 100_000
+    deep_extra = json.dumps(report("Outgoing_deep_extra", extra="SLOT")).replace('"SLOT"', deep)
+    deep_id = json.dumps(report("SLOT")).replace('"SLOT"', deep)
+    body = f"[{json.dumps(report('Outgoing_plain'))}, {deep_extra}, {deep_id}, {deep}]".encode()
+    started = time.monotonic()
+    response = await post(acs, body)
+    assert response.status_code == 200 and time.monotonic() - started < 2
+    assert sorted(j.message_id for j in relay_queues.visible_jobs(relay_queues.jobs)) == [
+        "Outgoing_deep_extra",
+        "Outgoing_plain",
+    ]
+    [record] = kept(relay_queues)
+    assert [entry["reason"] for entry in record["unrelayable"]] == [
+        f"{DELIVERY} without a messageId",
+        "not an event: no eventType or type",
+    ]
+    # the kept event shows where it was cut: its messageId became LEFT_OUT some levels down
+    message_id = record["unrelayable"][0]["event"]["data"]["messageId"]
+    assert str(message_id).startswith("[[") and len(json.dumps(record)) < MAX_MESSAGE_BYTES
+    assert LEFT_OUT == {"…": "nested deeper than 32 levels, left out"}
+
+
+async def test_a_wide_delivery_is_answered_quickly_and_kept_as_one_record(
+    acs: Services, relay_queues: RelayQueues
+) -> None:
+    """Event Grid delivers at most 5,000 events at once: a body with more is refused 413 (never
+    retried: the same body would only come again), in well under a second; up to 5,000, junk
+    among readable events costs one poison record, not one per item."""
+    numbers = json.dumps(list(range(30_001))).encode()
+    started = time.monotonic()
+    refused = await post(acs, numbers)
+    assert refused.status_code == 413 and time.monotonic() - started < 1
+    assert "5,000" in refused.get_body().decode()
+
+    batch = [report("Outgoing_among_junk"), *range(MAX_EVENTS_PER_DELIVERY - 1)]
+    started = time.monotonic()
+    response = await post(acs, json.dumps(batch).encode())
+    assert response.status_code == 200 and time.monotonic() - started < 2
+    assert [j.message_id for j in relay_queues.visible_jobs(relay_queues.jobs)] == ["Outgoing_among_junk"]
+    [record] = kept(relay_queues)
+    assert record["total"] == MAX_EVENTS_PER_DELIVERY - 1
+    shown = len(record["unrelayable"])
+    assert shown > 0 and record["left_out"] == record["total"] - shown
+    assert record["unrelayable"][0] == {"reason": "not an event: no eventType or type", "event": 0}
+
+    wide = report("Outgoing_wide", **{f"extra{i}": "x" for i in range(50_000)})
+    assert (await post(acs, json.dumps([wide]).encode())).status_code == 200
+    assert relay_queues.count(relay_queues.jobs) == 2
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [({"text": "😀" * 100_000, "nested": {"a": [{"b": "\ud800" * 3000}] * 500}}, "huge")] * 300,
+        [(list(range(100_000)), "wide")],
+        [({f"key{i}" * 500: i for i in range(2_000)}, "long keys")] * 20,
+        [(0, f"reason {i} " + "r" * 1000) for i in range(5_000)],
+    ],
+    ids=["huge strings", "wide array", "long keys", "many reasons"],
+)
+def test_a_poison_record_is_bounded_whatever_it_keeps(events: list[tuple[Any, str]]) -> None:
+    body = unrelayable_record("acs", "inbound", events)
+    assert len(base64.b64encode(body)) < MAX_MESSAGE_BYTES  # one queue message
+    record = json.loads(body)
+    assert record["total"] == len(events) and len(record["last_error"]) <= 500
+    assert record["left_out"] == len(events) - len(record["unrelayable"])
+    assert record["unrelayable"], "at least the first event is shown, cut"
+
+
+def test_a_kept_event_is_cut_without_recursion() -> None:
+    nested: Any = "bottom"
+    for _ in range(100_000):  # built iteratively: deeper than any recursion could walk
+        nested = [nested, {"k": 1}]
+    [entry] = json.loads(unrelayable_record("acs", "inbound", [(nested, "deep")]))["unrelayable"]
+    levels, value = 0, entry["event"]
+    while isinstance(value, list):
+        value, levels = value[0], levels + 1
+    assert levels == 8 and value.startswith("… (list of 2")

@@ -5,7 +5,8 @@ queue, so providers get their answer in milliseconds and Dataverse throttling ne
 provider retry storms. Every refusal is an exception the HTTP layer answers from one table:
 
     UnknownProvider       no adapter of the app serves this provider
-    PayloadTooLarge       the body is over the provider's limit (MAX_BODY_BYTES, Event Grid 1 MB)
+    PayloadTooLarge       more than the provider sends at once: the body is over its limit
+                          (MAX_BODY_BYTES, Event Grid 1 MB), or over 5,000 Event Grid events
     WebhookRejected       not provably from the provider (401 missing, 403 wrong or stale)
     InvalidWebhook        authentic but unreadable
     StorageUnavailable    the relay queue did not take the jobs: the provider should retry
@@ -29,6 +30,7 @@ from channels.events import (
     InboundSms,
     InvalidWebhook,
     ParsedWebhook,
+    PayloadTooLarge,
     WebhookAck,
     WebhookKind,
     WebhookRejected,
@@ -38,7 +40,14 @@ from channels.events import (
 from contracts import ChannelStatus
 from core import telemetry
 from core.settings import ConfigurationError
-from storage.relay_queue import InboundJob, NotificationJob, RelayJob, RelayQueue, fits_on_queue
+from storage.relay_queue import (
+    InboundJob,
+    NotificationJob,
+    RelayJob,
+    RelayQueue,
+    fits_on_queue,
+    reasons_summary,
+)
 from usecases.routing import ProviderRouter
 
 __all__ = [
@@ -60,11 +69,6 @@ log = logging.getLogger("sms.webhooks")
 
 class UnknownProvider(LookupError):
     """No adapter of this app serves the provider named in the route."""
-
-
-class PayloadTooLarge(ValueError):
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"the body is {size} bytes; this provider's webhooks may have {limit}")
 
 
 class WebhookIntake:
@@ -96,7 +100,9 @@ class WebhookIntake:
             raise UnknownProvider(provider)
         limit = candidates[0].max_webhook_bytes or self.max_body_bytes
         if len(request.body) > limit:
-            raise PayloadTooLarge(len(request.body), limit)
+            raise PayloadTooLarge(
+                f"the body is {len(request.body)} bytes; this provider's webhooks may have {limit}"
+            )
         request = self._as_published(request)
         adapter = authenticated_by(candidates, request)
         parsed = (
@@ -109,14 +115,16 @@ class WebhookIntake:
             return parsed.handshake
         jobs, unrelayable = relay_jobs(parsed, traceparent=telemetry.traceparent())
         telemetry.annotate(Jobs=len(jobs), **(_job_fields(jobs[0]) if len(jobs) == 1 else {}))
-        for record, reason in [*parsed.unreadable, *unrelayable]:
+        kept = [*parsed.unreadable, *unrelayable]
+        if kept:  # one record and one line per delivery, however many events it held
             log.error(
-                "%s %s webhook: an event cannot be relayed (%s); kept in the poison queue",
+                "%s %s webhook: %d event(s) cannot be relayed (%s); kept in one poison record",
                 provider,
                 kind,
-                reason,
+                len(kept),
+                reasons_summary(kept),
             )
-            await self.queue.keep_unrelayable(provider, record, reason)
+            await self.queue.keep_unrelayable(provider, kind, kept)
         await self.queue.put_many(jobs)
         _log_queued(provider, jobs, parsed)
         return adapter.acknowledge(kind)
