@@ -4,7 +4,7 @@ The in-run baseline is /api/health, which does one storage round trip per reques
 what a full outbound send costs on top. Three runs, each against its own health baseline:
 
 * reports name the request: the send as with Twilio (status callback URL) and the simulator, whose
-  reports carry ``<ChannelDefinitionId>/<RequestId>``: claim, then the outcome with the message id
+  reports carry ``<ChannelDefinitionId>:<IdempotencyId>``: claim, then the outcome with the message id
   (two storage writes). The simulator's reports are due after the run, so only the send is measured.
 * reports by message id only: the send as with providers whose reports carry just their message
   id: claim, outcome, and the message-id record (three writes). The simulator posts no reports.
@@ -74,6 +74,8 @@ def main() -> None:
             {
                 "ChannelDefinitionId": channel_definition_id,
                 "RequestId": f"bench-{uuid.uuid4()}",
+                # Microsoft's 2026 contract: the message's id across Journeys' attempts
+                "IdempotencyId": f"bench-message-{uuid.uuid4()}",
                 "From": "+14155550100",
                 "To": "+14155550123",
                 "Message": {"text": "Your appointment is tomorrow at 10:00"},
