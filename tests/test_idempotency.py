@@ -19,7 +19,7 @@ from channels.errors import (
     TransientSendError,
 )
 from contracts import ChannelStatus, Details, OutboundPayload
-from storage.ledger import SendKey, SendLedger, SendState
+from storage.ledger import SendKey, SendLedger, SendRecord, SendState
 from storage.relay_queue import NotificationJob, RelayQueue
 from tests.conftest import DataverseWorld, payload_json
 from tests.doubles import RecordingSleep, ScriptedAdapter
@@ -61,9 +61,6 @@ async def test_a_retry_with_a_new_request_id_sends_nothing_and_becomes_the_lates
     record = await ledger.get(SendKey(channel_definition_id, "msg-1", by_idempotency_id=True))
     assert record is not None
     assert (record.request_id, record.latest_request_id) == ("attempt-1", "attempt-2")
-    # the first attempt repeating itself does not turn the clock back
-    await service.send(attempt(channel_definition_id, "attempt-2", "msg-1"))
-    assert len(channel.requests) == 1
 
 
 async def test_overlapping_attempts_at_one_message_send_one_sms(
@@ -179,6 +176,40 @@ async def test_a_provider_that_never_answers_is_cut_at_the_budget_and_never_sent
     assert len(channel.requests) == 1
     record = await ledger.get(SendKey(channel_definition_id, "msg-hang", by_idempotency_id=True))
     assert record is not None and record.state is SendState.AMBIGUOUS
+
+
+async def test_a_claim_that_took_the_budget_is_not_sent_in_its_last_instant(
+    ledger: SendLedger, channel_definition_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage slow enough to eat the provider budget: no attempt is started and cut before it
+    reaches the provider (which would be answered Sent, never sent); 503, and the retry sends."""
+    channel = ScriptedAdapter(SendReceipt("SM-after-all"))
+    service = make_service(ledger, channel, budget=1.0)
+    claim = ledger.claim
+
+    async def slow_claim(draft: SendRecord) -> tuple[bool, SendRecord]:
+        await asyncio.sleep(0.6)  # storage under strain: more than the 0.5 s provider budget
+        return await claim(draft)
+
+    monkeypatch.setattr(ledger, "claim", slow_claim)
+    first = await service.send(attempt(channel_definition_id, "slow-1", "msg-slow"))
+    monkeypatch.setattr(ledger, "claim", claim)
+    retry = await service.send(attempt(channel_definition_id, "slow-2", "msg-slow"))
+
+    assert isinstance(first, TryAgainLater)
+    assert retry == SendOutcome(ChannelStatus.SENT, message_id="SM-after-all")
+    assert len(channel.requests) == 1
+
+
+async def test_a_reused_idempotency_id_does_not_rename_the_first_messages_reports(
+    ledger: SendLedger, channel_definition_id: uuid.UUID
+) -> None:
+    channel = ScriptedAdapter(SendReceipt("SM-first-message"))
+    service = make_service(ledger, channel)
+    await service.send(attempt(channel_definition_id, "first", "msg-shared"))
+    await service.send(attempt(channel_definition_id, "other", "msg-shared", text="Another message"))
+    record = await ledger.get(SendKey(channel_definition_id, "msg-shared", by_idempotency_id=True))
+    assert record is not None and record.latest_request_id == "first"
 
 
 # -- delivery reports after a retried attempt -------------------------------------------------------

@@ -40,6 +40,7 @@ from channels.events import (
 from contracts import ChannelStatus
 from core import telemetry
 from core.settings import ConfigurationError
+from storage.ledger import SendKey
 from storage.relay_queue import (
     InboundJob,
     NotificationJob,
@@ -221,9 +222,10 @@ def _job_fields(job: RelayJob) -> dict[str, object]:
     fields: dict[str, object] = {"ProviderMessageId": job.message_id, "Kind": job.kind}
     if isinstance(job, NotificationJob):
         fields["Status"] = job.status
-        echoed = (job.correlation or "").partition("/")
-        if echoed[1] and echoed[2]:
-            fields["ChannelDefinitionId"], fields["RequestId"] = echoed[0], echoed[2]
+        echoed = SendKey.from_reference(job.correlation)
+        if echoed is not None:
+            fields["ChannelDefinitionId"] = str(echoed.channel_definition_id)
+            fields["IdempotencyId" if echoed.by_idempotency_id else "RequestId"] = echoed.value
     return fields
 
 

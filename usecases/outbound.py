@@ -57,6 +57,10 @@ IN_FLIGHT_POLL_SECONDS = 0.1
 OUTCOME_RESERVE_SECONDS = 1.0
 #: How long a claim outlives the send budget before a repeat may decide the owner died.
 LEASE_MARGIN_SECONDS = 10.0
+#: No provider attempt starts with less of the budget left (at most half the provider budget): one
+#: cut before its request was written would still count as maybe sent, and a message never sent
+#: would be answered Sent. Without the time, the answer is 503: nothing sent, retry.
+MIN_ATTEMPT_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,7 @@ class OutboundService:
         self.budget = send_budget_seconds
         # Provider attempts end by then; the rest of the budget stores the outcome.
         self.provider_budget = max(send_budget_seconds - OUTCOME_RESERVE_SECONDS, send_budget_seconds / 2)
+        self.min_attempt_seconds = min(MIN_ATTEMPT_SECONDS, self.provider_budget / 2)
         # Outlives the longest the owner can take: the budget (attempts are cut at its end), plus
         # storage round trips.
         self.lease_seconds = send_budget_seconds + LEASE_MARGIN_SECONDS
@@ -180,7 +185,7 @@ class OutboundService:
                 reused = "IdempotencyId" if key.by_idempotency_id else "RequestId"
                 log.warning("%s reused with a different message %s", reused, context)
                 if record.state.is_final:
-                    return await self._answer_repeat(record, payload, context)
+                    return _outcome_of(record)  # not an attempt at that message: reports keep their name
                 return SendOutcome.not_sent(
                     NotSentReason.IDEMPOTENCY_ID_REUSED
                     if key.by_idempotency_id
@@ -198,8 +203,9 @@ class OutboundService:
 
         if rejection is not None:
             if record.state is not SendState.NOT_SENT:
-                await self.ledger.replace_if_unchanged(
+                await self._store_quietly(
                     record,
+                    context,
                     state=SendState.NOT_SENT,
                     reason=rejection.reason.value,
                     detail=not_sent_message(rejection.reason),
@@ -337,8 +343,9 @@ class OutboundService:
             receipt = await self._send_with_retries(adapter, request, deadline)
         except PermanentSendError as exc:
             message = not_sent_message(exc.reason, provider=adapter.name, provider_code=exc.provider_code)
-            await self.ledger.replace_if_unchanged(
-                record, state=SendState.NOT_SENT, reason=exc.reason.value, detail=message
+            # refused for good: the answer stands even if storage fails now
+            await self._store_quietly(
+                record, context, state=SendState.NOT_SENT, reason=exc.reason.value, detail=message
             )
             _decided(adapter.name, "NotSent", exc.reason.value)
             log.info(
@@ -430,6 +437,8 @@ class OutboundService:
         maybe_sent = False
 
         def retryable(exc: BaseException) -> bool:
+            if deadline - time.monotonic() < self.min_attempt_seconds:
+                return False
             if isinstance(exc, TransientSendError):
                 return exc.retry_after is None or time.monotonic() + exc.retry_after < deadline
             return resend_safe and isinstance(exc, AmbiguousSendError)
@@ -457,6 +466,8 @@ class OutboundService:
                         Attempt=attempt.retry_state.attempt_number,
                     ),
                 ):
+                    if deadline - time.monotonic() < self.min_attempt_seconds:
+                        raise TransientSendError(f"{adapter.name}: too little of the send budget left to try")
                     try:
                         receipt = await _within(deadline, adapter.send(request), adapter.name)
                         telemetry.annotate(ProviderMessageId=receipt.message_id)
