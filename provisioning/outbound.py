@@ -341,6 +341,7 @@ class RelayApi(Component):
                 "displayname",
                 "description",
                 "isprivate",
+                "executeprivilegename",
                 "_plugintypeid_value",
                 *self.IMMUTABLE,
             ],
@@ -386,9 +387,8 @@ class RelayApi(Component):
         if blocked:
             blocked.append("these never change after creation: run remove (or delete it), then apply")
             return self.finding(ctx, Change.BLOCKED, *blocked)
-        changed, notes = differences(
-            row, {k: desired[k] for k in ("displayname", "description", "isprivate")}
-        )
+        mutable = ("displayname", "description", "isprivate", "executeprivilegename")
+        changed, notes = differences(row, {k: desired[k] for k in mutable})
         rebind = str(row.get("_plugintypeid_value")).lower() != ctx.ids.get(type_key)
         if rebind:
             notes += (f"its main operation must be {relay.plugin_type}",)

@@ -608,6 +608,21 @@ def earlier_custom_shape(world: World) -> None:
         world.api.remove_row(
             "plugintypes", world.one("plugintypes", typename=relay.plugin_type)["plugintypeid"]
         )
+    # the sender table had a route column, on its form too
+    sender = NAMES.sender
+    route = {
+        "@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata",
+        "SchemaName": f"{PREFIX}_Route",
+        "DisplayName": {"LocalizedLabels": [{"Label": "Provider route", "LanguageCode": 1033}]},
+        "RequiredLevel": {"Value": "None"},
+        "MaxLength": 100,
+    }
+    world.api._create_attribute(world.api.entities[sender.logical], route, SOLUTION, "https://fake")
+    form = world.one("systemforms", objecttypecode=sender.logical, name=sender.form)
+    old_field = f'<row><cell><control id="{PREFIX}_route" datafieldname="{PREFIX}_route" /></cell></row>'
+    world.api.tables["systemforms"].rows[form["formid"]]["formxml"] = form["formxml"].replace(
+        "</rows>", old_field + "</rows>"
+    )
     definition = world.api.tables["msdyn_channeldefinitions"].rows[DEFINITION]
     definition.update(
         {
@@ -655,6 +670,10 @@ def test_an_earlier_custom_channel_is_shown_as_such_and_becomes_sms_in_place(wor
     assert world.verify().code == 0
     again = world.apply()
     assert f"= channel definition {DEFINITION}: in place" in again.out
+    # the earlier sender table keeps its route column and form field: nothing is deleted
+    columns = {a["LogicalName"] for a in world.api.entities["contoso_smssender"]["Attributes"]}
+    assert "contoso_route" in columns
+    assert 'datafieldname="contoso_route"' in world.one("systemforms", name="SMS sender")["formxml"]
 
 
 def test_drift_is_named_by_verify_and_repaired_by_apply(world: World) -> None:
@@ -673,11 +692,13 @@ def test_drift_is_named_by_verify_and_repaired_by_apply(world: World) -> None:
         world.one("customapis", uniquename="contoso_SmsInbound")["customapiid"]
     ]
     relay["_plugintypeid_value"] = None  # its main operation unbound
+    relay["executeprivilegename"] = None  # open to every user
 
     drifted = world.verify()
 
     assert drifted.code == 1
     assert "verify: 3 component(s) missing or wrong:" in drifted.err
+    assert "executeprivilegename: null -> 'prvWritecontoso_SmsAccount'" in drifted.err
     assert "msdyn_messageformid: '4b7a3d6e-0000-0000-0000-000000000001' -> null" in drifted.err
     assert "remove part 'image': an SMS channel has only text" in drifted.err
     assert "its main operation must be SmsChannel.Plugin.InboundRelay" in drifted.err
@@ -687,6 +708,7 @@ def test_drift_is_named_by_verify_and_repaired_by_apply(world: World) -> None:
     assert [p["msdyn_name"] for p in world.api.rows("msdyn_channelmessageparts")] == ["text"]
     assert world.one("msdyn_channeldefinitions").get("msdyn_messageformid") is None
     relay = world.one("customapis", uniquename="contoso_SmsInbound")
+    assert relay["executeprivilegename"] == "prvWritecontoso_SmsAccount"
     assert (
         relay["_plugintypeid_value"]
         == world.one("plugintypes", typename="SmsChannel.Plugin.InboundRelay")["plugintypeid"]
