@@ -49,19 +49,40 @@ def test_the_readme_states_the_same_numbers() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("### Twenty seconds, end to end") :]
     section = section[: section.index("\n## ")]
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in section.splitlines()
+        if line.startswith("| ") and not line.startswith("| Piece")
+    }
+
+    def row(label: str) -> str:
+        [found] = [line for name, line in rows.items() if name.startswith(label)]
+        return found
+
     budget_default, budget_max = setting_bounds("send_budget_seconds")
-    timeout_default, _ = setting_bounds("provider_timeout_seconds")
-    for number, what in [
-        (JOURNEYS_LIMIT_SECONDS, "Journeys' limit"),
-        (plugin_constant("MaxTimeoutSeconds"), "the plug-in's largest timeout"),
-        (PLUGIN_TIMEOUT_SECONDS, "the step's timeout"),
-        (PLUGIN_WORK_ALLOWANCE_SECONDS, "the plug-in's work"),
-        (COLD_START_ALLOWANCE_SECONDS, "a cold start"),
-        (budget_default, "SEND_BUDGET_SECONDS"),
-        (budget_max, "SEND_BUDGET_SECONDS at most"),
-        (timeout_default, "PROVIDER_TIMEOUT_SECONDS"),
-        (OUTCOME_RESERVE_SECONDS, "the outcome's reserve"),
+    timeout_default, timeout_max = setting_bounds("provider_timeout_seconds")
+    for label, numbers in [
+        ("Journeys' limit", (JOURNEYS_LIMIT_SECONDS,)),
+        ("plug-in's own work", (PLUGIN_WORK_ALLOWANCE_SECONDS,)),
+        ("plug-in HTTP timeout", (PLUGIN_TIMEOUT_SECONDS, plugin_constant("MaxTimeoutSeconds"))),
+        ("app cold start", (COLD_START_ALLOWANCE_SECONDS,)),
+        ("app answer: `SEND_BUDGET_SECONDS`", (budget_default, budget_max)),
+        ("each provider attempt", (timeout_default, timeout_max)),
+        ("kept from the budget", (OUTCOME_RESERVE_SECONDS,)),
     ]:
-        assert re.search(rf"\b{number:g} s\b", section), (
-            f"README's arithmetic does not state {what} ({number:g} s)"
-        )
+        cells = row(label)
+        for number in numbers:
+            assert re.search(rf"\b{number:g} s\b", cells), (
+                f"README's row {label!r} does not state {number:g} s"
+            )
+    plugin_max, cold, work = (
+        plugin_constant("MaxTimeoutSeconds"),
+        COLD_START_ALLOWANCE_SECONDS,
+        PLUGIN_WORK_ALLOWANCE_SECONDS,
+    )
+    arithmetic = (
+        f"{plugin_max} s + {work} s = {plugin_max + work} s < {JOURNEYS_LIMIT_SECONDS} s",
+        f"{cold} s + {budget_max:g} s = {cold + budget_max:g} s < {PLUGIN_TIMEOUT_SECONDS} s",
+    )
+    for sum_line in arithmetic:
+        assert sum_line in section, f"README's arithmetic should read {sum_line!r}"
