@@ -26,6 +26,8 @@ class FakeTwilio:
     retry_after: str = "1"
     #: Holds the answers to ``…0408`` until set: a provider that keeps the request.
     release: threading.Event = field(default_factory=threading.Event)
+    #: Message ids are unique across fakes too: tests share one Azurite, where relayed events stay.
+    _run: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -57,7 +59,7 @@ class FakeTwilio:
         if to.endswith("0408"):
             self.release.wait()
         with self._lock:
-            sid = f"SM{next(self._ids):032x}"
+            sid = f"SM{self._run}{next(self._ids):016x}"
         return Reply(
             201,
             {
