@@ -33,6 +33,28 @@ RESPONSE_MESSAGE = "responseMessage"
 # -- custom API ------------------------------------------------------------------------------
 
 
+async def _find_custom_api(ctx: Context, unique_name: str) -> dict[str, Any] | None:
+    """A custom API with what provisioning compares: its columns, parameters and response properties."""
+    return await ctx.api.first(
+        "customapis",
+        select=[
+            "customapiid",
+            "uniquename",
+            "displayname",
+            "description",
+            "bindingtype",
+            "isfunction",
+            "isprivate",
+            "allowedcustomprocessingsteptype",
+            "executeprivilegename",
+            "_plugintypeid_value",
+        ],
+        filter=f"uniquename eq {literal(unique_name)}",
+        expand="CustomAPIRequestParameters($select=uniquename,type,isoptional),"
+        "CustomAPIResponseProperties($select=uniquename,type)",
+    )
+
+
 class CustomApi(Component):
     key = "customapi"
     IMMUTABLE = ("bindingtype", "isfunction", "allowedcustomprocessingsteptype")
@@ -73,23 +95,7 @@ class CustomApi(Component):
         }
 
     async def locate(self, ctx: Context) -> dict[str, Any] | None:
-        row = await ctx.api.first(
-            "customapis",
-            select=[
-                "customapiid",
-                "uniquename",
-                "displayname",
-                "description",
-                "bindingtype",
-                "isfunction",
-                "isprivate",
-                "allowedcustomprocessingsteptype",
-                "_plugintypeid_value",
-            ],
-            filter=f"uniquename eq {literal(ctx.names.api)}",
-            expand="CustomAPIRequestParameters($select=uniquename,type,isoptional),"
-            "CustomAPIResponseProperties($select=uniquename,type)",
-        )
+        row = await _find_custom_api(ctx, ctx.names.api)
         ctx.found(self.key, row, "customapiid")
         await self._locate_message(ctx)
         return row
@@ -333,22 +339,7 @@ class RelayApi(Component):
         }
 
     async def locate(self, ctx: Context) -> dict[str, Any] | None:
-        row = await ctx.api.first(
-            "customapis",
-            select=[
-                "customapiid",
-                "uniquename",
-                "displayname",
-                "description",
-                "isprivate",
-                "executeprivilegename",
-                "_plugintypeid_value",
-                *self.IMMUTABLE,
-            ],
-            filter=f"uniquename eq {literal(self.relay.unique_name)}",
-            expand="CustomAPIRequestParameters($select=uniquename,type,isoptional),"
-            "CustomAPIResponseProperties($select=uniquename,type)",
-        )
+        row = await _find_custom_api(ctx, self.relay.unique_name)
         return ctx.found(self.key, row, "customapiid")
 
     def compare(self, ctx: Context, row: dict[str, Any] | None) -> Finding:
